@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/uuid"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/client-go/scale"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+
+	"github.com/zeroscaler/zeroscaler/handler"
+	"github.com/zeroscaler/zeroscaler/informer"
+	"github.com/zeroscaler/zeroscaler/scaler"
+)
+
+// run wires the daemon and runs it until ctx ends.
+func run(ctx context.Context, o *options, log *zap.Logger) error {
+	restConfig, err := kubeConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	restConfig.QPS, restConfig.Burst = o.kubeAPIQPS, o.kubeAPIBurst
+	restConfig.UserAgent = "zeroscaler/" + version
+
+	client, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("create kubernetes client: %w", err)
+	}
+	dynamicClient, err := dynamic.NewForConfig(restConfig)
+	if err != nil {
+		return fmt.Errorf("create dynamic client: %w", err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(client.Discovery()))
+	scaleClient, err := scale.NewForConfig(restConfig, mapper, dynamic.LegacyAPIPathResolverFunc, scale.NewDiscoveryScaleKindResolver(client.Discovery()))
+	if err != nil {
+		return fmt.Errorf("create scale client: %w", err)
+	}
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := handler.NewMetrics(registry)
+
+	servers, err := scaler.NewServers(scaler.Options{
+		DefaultAddress:       o.prometheusAddress,
+		AllowedAddresses:     o.allowedAddresses,
+		BearerTokenFile:      o.bearerTokenFile,
+		Headers:              o.parsedPromHeaders,
+		ConfigFile:           o.prometheusConfig,
+		QueryTimeout:         o.queryTimeout,
+		MaxConcurrentQueries: o.maxConcurrentQueries,
+		ShareWindow:          time.Second,
+		ObserveQuery:         metrics.ObserveQuery,
+	})
+	if err != nil {
+		return err
+	}
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	defer broadcaster.Shutdown()
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "zeroscaler"})
+
+	inf := informer.New(client, informer.Options{
+		Namespace: o.watchNamespace,
+		Selector:  o.selector,
+		Defaults: informer.Defaults{
+			UptimeFilter:    o.uptimeFilter,
+			CooldownPeriod:  o.defaultCooldown,
+			PollingInterval: o.defaultPolling,
+			Allowed:         servers.Allowed,
+		},
+	})
+	h := handler.New(handler.Options{
+		DynamicClient:  dynamicClient,
+		ScaleClient:    scaleClient,
+		RESTMapper:     mapper,
+		EventRecorder:  recorder,
+		Lister:         inf,
+		Logger:         log,
+		WatchNamespace: o.watchNamespace,
+		DryRun:         o.dryRun,
+		Metrics:        metrics,
+		NewDecider: func(c handler.Config) (handler.Decider, error) {
+			return scaler.New(servers, c.Metadata, c.CooldownPeriod)
+		},
+	})
+	if err := inf.Notify(h); err != nil {
+		return err
+	}
+
+	srv, err := serveMetrics(o.metricsAddress, registry, inf.HasSynced, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+
+	inf.Start(ctx)
+	defer inf.Shutdown()
+	if !inf.WaitForCacheSync(ctx) {
+		return ctx.Err()
+	}
+	log.Info("caches synced; watching workloads",
+		zap.String("namespace", o.watchNamespace), zap.String("selector", o.selector),
+		zap.String("prometheus", servers.DefaultAddress()), zap.Bool("dryRun", o.dryRun))
+
+	if !o.leaderElect {
+		metrics.Leader.Set(1)
+		h.Run(ctx)
+		return nil
+	}
+	return lead(ctx, o, client, log, metrics, h.Run)
+}
+
+// lead runs work while this replica holds the Lease. It returns when ctx
+// ends (releasing the Lease) or when leadership is lost.
+func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap.Logger, metrics *handler.Metrics, work func(context.Context)) error {
+	host, _ := os.Hostname()
+	id := host + "_" + string(uuid.NewUUID())
+	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderElectionNS, o.leaderElectionID,
+		client.CoreV1(), client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id})
+	if err != nil {
+		return fmt.Errorf("create lease lock: %w", err)
+	}
+	lost := false
+	elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock:            lock,
+		LeaseDuration:   o.leaseDuration,
+		RenewDeadline:   o.renewDeadline,
+		RetryPeriod:     o.retryPeriod,
+		ReleaseOnCancel: true,
+		Name:            o.leaderElectionID,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: func(ctx context.Context) {
+				log.Info("became leader; starting workload loops", zap.String("identity", id))
+				metrics.Leader.Set(1)
+				work(ctx)
+			},
+			OnStoppedLeading: func() {
+				metrics.Leader.Set(0)
+				if ctx.Err() == nil {
+					lost = true
+				}
+			},
+			OnNewLeader: func(identity string) {
+				if identity != id {
+					log.Info("standing by; another replica leads", zap.String("leader", identity))
+				}
+			},
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	elector.Run(ctx)
+	if lost {
+		return errors.New("lost leadership; exiting so that a fresh start can stand by")
+	}
+	return nil
+}
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		if c, err := rest.InClusterConfig(); err == nil {
+			return c, nil
+		}
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	c, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig: %w", err)
+	}
+	return c, nil
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz in the background.
+func serveMetrics(addr string, reg *prometheus.Registry, ready func() bool, log *zap.Logger) (*http.Server, error) {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "caches not synced", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	if addr == "" {
+		return srv, nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on --metrics-address: %w", err)
+	}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", zap.Error(err))
+		}
+	}()
+	return srv, nil
+}

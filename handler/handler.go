@@ -1,0 +1,207 @@
+// Package handler runs one loop per annotated workload and scales it through
+// the scale subresource.
+package handler
+
+import (
+	"context"
+	"fmt"
+	"hash/fnv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/scale"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/utils/clock"
+
+	"github.com/zeroscaler/zeroscaler/scaler"
+)
+
+// Lister reads workloads from the informers' cache.
+type Lister interface {
+	Get(ref Ref) (Workload, bool)
+}
+
+// Decider is a Scaler that can also say what it read last.
+type Decider interface {
+	scaler.Scaler
+	LastReading() scaler.Reading
+}
+
+// NewDecider builds the Decider for a Managed configuration.
+type NewDecider func(Config) (Decider, error)
+
+// Options wire a ScaleHandler.
+type Options struct {
+	DynamicClient  dynamic.Interface
+	ScaleClient    scale.ScalesGetter
+	RESTMapper     meta.RESTMapper
+	EventRecorder  record.EventRecorder
+	Lister         Lister
+	NewDecider     NewDecider
+	Logger         *zap.Logger
+	WatchNamespace string
+	DryRun         bool
+	Metrics        *Metrics
+	// Clock is injected by tests; the real clock otherwise.
+	Clock clock.WithTicker
+}
+
+// ScaleHandler keeps the wanted configuration of every workload and, while
+// it runs (while this replica leads), one loop per workload.
+type ScaleHandler struct {
+	kDynamicClient dynamic.Interface
+	EventRecorder  record.EventRecorder
+
+	// scaleLocks holds one *sync.Mutex per workload key: a check and its
+	// writes never interleave with another check of the same workload, even
+	// while an old loop is being replaced by a new one.
+	scaleLocks sync.Map
+
+	scaleClient scale.ScalesGetter
+	restMapper  meta.RESTMapper
+
+	logger         *zap.Logger
+	watchNamespace string
+
+	lister     Lister
+	newDecider NewDecider
+	dryRun     bool
+	metrics    *Metrics
+	clock      clock.WithTicker
+
+	mu      sync.Mutex
+	wanted  map[string]Config
+	loops   map[string]*running
+	runCtx  context.Context // nil unless Run is running
+	loopsWG sync.WaitGroup
+}
+
+type running struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a ScaleHandler; call Run to start its loops.
+func New(o Options) *ScaleHandler {
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.Metrics == nil {
+		o.Metrics = NewMetrics(nil)
+	}
+	return &ScaleHandler{
+		kDynamicClient: o.DynamicClient,
+		EventRecorder:  o.EventRecorder,
+		scaleClient:    o.ScaleClient,
+		restMapper:     o.RESTMapper,
+		logger:         o.Logger,
+		watchNamespace: o.WatchNamespace,
+		lister:         o.Lister,
+		newDecider:     o.NewDecider,
+		dryRun:         o.DryRun,
+		metrics:        o.Metrics,
+		clock:          o.Clock,
+		wanted:         map[string]Config{},
+		loops:          map[string]*running{},
+	}
+}
+
+// Sync records a workload's configuration. Its loop is (re)started only if
+// the configuration differs from the one it runs.
+func (h *ScaleHandler) Sync(cfg Config) {
+	key := cfg.Key()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if old, ok := h.wanted[key]; ok && old.Equal(cfg) {
+		return
+	}
+	h.wanted[key] = cfg
+	if h.runCtx != nil {
+		h.stopLocked(key)
+		h.startLocked(cfg)
+	}
+}
+
+// Forget stops the workload's loop and drops its configuration.
+func (h *ScaleHandler) Forget(ref Ref) {
+	key := ref.Key()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.wanted, key)
+	h.stopLocked(key)
+}
+
+// Run starts a loop per workload and keeps loops in step with Sync and
+// Forget until ctx ends; then it stops every loop and waits for them.
+func (h *ScaleHandler) Run(ctx context.Context) {
+	h.mu.Lock()
+	h.runCtx = ctx
+	for _, cfg := range h.wanted {
+		h.startLocked(cfg)
+	}
+	h.mu.Unlock()
+
+	<-ctx.Done()
+
+	h.mu.Lock()
+	h.runCtx = nil
+	for key := range h.loops {
+		h.stopLocked(key)
+	}
+	h.mu.Unlock()
+	h.loopsWG.Wait()
+}
+
+// Running returns how many loops run now.
+func (h *ScaleHandler) Running() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.loops)
+}
+
+func (h *ScaleHandler) startLocked(cfg Config) {
+	ctx, cancel := context.WithCancel(h.runCtx)
+	r := &running{cancel: cancel, done: make(chan struct{})}
+	h.loops[cfg.Key()] = r
+	h.loopsWG.Add(1)
+	go func() {
+		defer h.loopsWG.Done()
+		defer close(r.done)
+		defer cancel()
+		h.loop(ctx, cfg)
+	}()
+}
+
+// stopLocked cancels a loop without waiting for it: the workload's scale
+// lock keeps the next loop from acting before this one has finished.
+func (h *ScaleHandler) stopLocked(key string) {
+	if r, ok := h.loops[key]; ok {
+		r.cancel()
+		delete(h.loops, key)
+	}
+}
+
+func (h *ScaleHandler) lock(key string) *sync.Mutex {
+	m, _ := h.scaleLocks.LoadOrStore(key, &sync.Mutex{})
+	return m.(*sync.Mutex)
+}
+
+// firstCheck returns the first check time after now. Checks of one
+// workload fall on a fixed grid: its polling period, shifted by a phase
+// derived from its question. Workloads asking the same question check at the
+// same moments and so share one request; different questions are spread
+// over the period instead of all firing at once.
+func firstCheck(now time.Time, cfg Config) time.Time {
+	period := cfg.PollingPeriod
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%s\x00%s\x00%v", cfg.Metadata.ServerAddress, cfg.Metadata.Query, cfg.Metadata.Headers)
+	phase := time.Duration(h.Sum64() % uint64(period))
+	base := now.Truncate(period).Add(phase)
+	for !base.After(now) {
+		base = base.Add(period)
+	}
+	return base
+}

@@ -1,0 +1,278 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/zeroscaler/zeroscaler/scaler"
+)
+
+// Event reasons.
+const (
+	ReasonScaledToZero         = "ScaledToZero"
+	ReasonScaledFromZero       = "ScaledFromZero"
+	ReasonWokeOnError          = "WokeOnError"
+	ReasonInvalidScalingConfig = "InvalidScalingConfig"
+	ReasonMetricUnavailable    = "MetricUnavailable"
+)
+
+// Workload states, as counted by the workloads metric.
+const (
+	StateAwake   = "awake"
+	StateIdle    = "idle"
+	StateAsleep  = "asleep"
+	StatePaused  = "paused"
+	StateInvalid = "invalid"
+)
+
+// loopState is what one loop remembers between checks. None of it needs to
+// survive a restart: a new loop simply starts a new cooldown.
+type loopState struct {
+	cfg     Config
+	decider Decider
+	log     *zap.Logger
+	state   string
+
+	// idleSince is the start of the current idle stretch: the loop's start,
+	// the last active or unknown reading, or the last scale-up.
+	idleSince    time.Time
+	lastReplicas int32
+	// lastProblem is the last query problem reported, so that a lasting
+	// outage is told once, not at every check.
+	lastProblem string
+
+	// dryAsleep and dryOriginal simulate the sleeping state under --dry-run.
+	dryAsleep   bool
+	dryOriginal int32
+}
+
+// loop checks one workload on its grid until ctx ends or there is nothing
+// left to do.
+func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
+	st := &loopState{
+		cfg:          cfg,
+		log:          h.logger.With(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
+		idleSince:    h.clock.Now(),
+		lastReplicas: -1,
+	}
+	defer h.setState(st, "")
+
+	switch {
+	case cfg.Paused:
+		h.setState(st, StatePaused)
+		st.log.Debug("paused; leaving the workload as it is")
+		return
+	case cfg.Mode == Invalid:
+		h.setState(st, StateInvalid)
+		st.log.Error("invalid scaling configuration; not scaling this workload", zap.Error(cfg.Err))
+		if w, ok := h.lister.Get(cfg.Ref); ok {
+			h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, cfg.Err.Error())
+		}
+	case cfg.Mode == Managed:
+		d, err := h.newDecider(cfg)
+		if err != nil {
+			// The informer checks what it can; this is what it cannot.
+			h.setState(st, StateInvalid)
+			st.log.Error("cannot build scaler", zap.Error(err))
+			if w, ok := h.lister.Get(cfg.Ref); ok {
+				h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, err.Error())
+			}
+			return
+		}
+		defer d.Close(context.Background())
+		st.decider = d
+	}
+
+	next := firstCheck(h.clock.Now(), cfg)
+	if cfg.Mode != Managed {
+		// Invalid and released workloads need at most one wake: do it now.
+		next = h.clock.Now()
+	}
+	for {
+		timer := h.clock.NewTimer(next.Sub(h.clock.Now()))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C():
+		}
+		now := h.clock.Now()
+		h.metrics.loopLag.Observe(now.Sub(next).Seconds())
+		if done := h.check(ctx, st); done {
+			return
+		}
+		for !next.After(now) {
+			next = next.Add(cfg.PollingPeriod)
+		}
+	}
+}
+
+// check runs one check of one workload. It returns true when the loop has
+// nothing left to do.
+func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
+	mu := h.lock(st.cfg.Key())
+	mu.Lock()
+	defer mu.Unlock()
+	if ctx.Err() != nil {
+		return true
+	}
+
+	w, ok := h.lister.Get(st.cfg.Ref)
+	if !ok {
+		return true // deleted; the informer tells us to forget it
+	}
+	now := h.clock.Now()
+	original, ours, origErr := w.OriginalReplicas()
+	if st.dryAsleep {
+		ours, original, origErr = true, st.dryOriginal, nil
+	}
+	asleep := ours && (w.Replicas == 0 || st.dryAsleep)
+
+	if st.cfg.Mode != Managed {
+		// Wake it once if we put it to sleep, then there is nothing to do.
+		if w.Replicas != 0 || (!ours && st.cfg.WakeTo == 0) {
+			return true
+		}
+		reason := "the zeroscaler.io/query annotation was removed"
+		if st.cfg.Mode == Invalid {
+			reason = "its scaling configuration is invalid"
+		}
+		target := h.wakeTarget(st, original, origErr)
+		return h.wake(ctx, st, w, target, ReasonScaledFromZero, "woke because "+reason) == nil
+	}
+
+	if st.lastReplicas >= 0 && w.Replicas > st.lastReplicas {
+		st.idleSince = now // scaled up by someone: the cooldown starts again
+	}
+	st.lastReplicas = w.Replicas
+
+	switch {
+	case asleep:
+		h.setState(st, StateAsleep)
+		h.checkAsleep(ctx, st, w, original, origErr)
+	case w.Replicas == 0:
+		// At zero, but not by us: people win.
+		h.setState(st, StateAwake)
+		st.idleSince = now
+		st.log.Debug("at zero replicas, not put there by zeroscaler; leaving it alone")
+	case ours:
+		// Awake but still marked asleep: someone scaled it up, or we stopped
+		// between our two writes. Either way it is awake now.
+		st.idleSince = now
+		h.setState(st, StateAwake)
+		if err := h.clearMarks(ctx, w, w.ResourceVersion); err != nil {
+			st.log.Info("could not clear sleep annotations; will retry", zap.Error(err))
+			return false
+		}
+		st.log.Info("workload is awake again; cleared its sleep annotations and restarted the cooldown", zap.Int32("replicas", w.Replicas))
+	default:
+		h.checkAwake(ctx, st, w, now)
+	}
+	return false
+}
+
+func (h *ScaleHandler) checkAwake(ctx context.Context, st *loopState, w Workload, now time.Time) {
+	idle, err := st.decider.ShouldScaleToZero(ctx)
+	if err != nil || !idle {
+		st.idleSince = now
+		h.setState(st, StateAwake)
+		h.reportProblem(st, w, err)
+		if err == nil {
+			st.log.Debug("active", zap.Stringer("reading", st.decider.LastReading()))
+		}
+		return
+	}
+	h.reportProblem(st, w, nil)
+	h.setState(st, StateIdle)
+	idleFor := now.Sub(st.idleSince)
+	if idleFor < st.cfg.CooldownPeriod {
+		st.log.Debug("idle, cooling down", zap.Stringer("reading", st.decider.LastReading()), zap.Duration("idleFor", idleFor))
+		return
+	}
+	healthy, err := st.decider.IsHealthy(ctx)
+	if err != nil || !healthy {
+		st.log.Info("idle for the cooldown period, but Prometheus did not see its targets up for the whole window; not scaling down",
+			zap.Stringer("reading", st.decider.LastReading()), zap.Error(err))
+		return
+	}
+	msg := fmt.Sprintf("scaled %d → 0: %s for %s", w.Replicas, st.decider.LastReading(), idleFor.Round(time.Second))
+	if err := h.sleep(ctx, st, w, now, msg); err != nil {
+		return
+	}
+	h.setState(st, StateAsleep)
+}
+
+func (h *ScaleHandler) checkAsleep(ctx context.Context, st *loopState, w Workload, original int32, origErr error) {
+	active, err := st.decider.ShouldScaleFromZero(ctx)
+	target := h.wakeTarget(st, original, origErr)
+	switch {
+	case errors.Is(err, scaler.ErrNoData):
+		h.reportProblem(st, w, err)
+		st.log.Debug("no data; staying asleep", zap.Error(err))
+	case err != nil:
+		// Fail open: a sleeping workload we cannot judge is woken.
+		h.wake(ctx, st, w, target, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because the metric could not be read: %v", target, err))
+	case active:
+		h.reportProblem(st, w, nil)
+		h.wake(ctx, st, w, target, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: %s", target, st.decider.LastReading()))
+	default:
+		h.reportProblem(st, w, nil)
+		st.log.Debug("asleep and still idle", zap.Stringer("reading", st.decider.LastReading()))
+	}
+}
+
+func (h *ScaleHandler) wakeTarget(st *loopState, original int32, origErr error) int32 {
+	switch {
+	case original > 0:
+		return original
+	case origErr != nil:
+		st.log.Warn("recorded replica count is unusable; waking to min-replicas", zap.Error(origErr))
+	case st.cfg.WakeTo > 0:
+		return st.cfg.WakeTo
+	}
+	if st.cfg.MinReplicas > 0 {
+		return st.cfg.MinReplicas
+	}
+	return 1
+}
+
+// reportProblem tells of a query problem once when it starts (log line and
+// Warning event) and once when it ends (log line).
+func (h *ScaleHandler) reportProblem(st *loopState, w Workload, err error) {
+	kind := ""
+	if err != nil {
+		kind = scaler.ResultKind(err)
+	}
+	if kind == st.lastProblem {
+		return
+	}
+	st.lastProblem = kind
+	if err == nil {
+		st.log.Info("metric readable again")
+		return
+	}
+	reason, msg := ReasonMetricUnavailable, fmt.Sprintf("metric unavailable, nothing will be scaled down: %v", err)
+	if errors.Is(err, scaler.ErrMultipleSeries) {
+		reason, msg = ReasonInvalidScalingConfig, fmt.Sprintf("annotation zeroscaler.io/query: %v", err)
+	}
+	st.log.Warn(msg)
+	h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, reason, msg)
+}
+
+func (h *ScaleHandler) setState(st *loopState, state string) {
+	if st.state == state {
+		return
+	}
+	if st.state != "" {
+		h.metrics.workloads.WithLabelValues(st.state).Dec()
+	}
+	if state != "" {
+		h.metrics.workloads.WithLabelValues(state).Inc()
+	}
+	st.state = state
+}

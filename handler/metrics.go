@@ -1,0 +1,67 @@
+package handler
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are what the daemon tells about itself on /metrics.
+type Metrics struct {
+	workloads *prometheus.GaugeVec
+	scaleOps  *prometheus.CounterVec
+	apiWrites prometheus.Counter
+	queries   *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	loopLag   prometheus.Histogram
+	// Leader is 1 while this replica leads.
+	Leader prometheus.Gauge
+}
+
+// NewMetrics creates the metrics and registers them with reg, unless reg is
+// nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		workloads: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "zeroscaler_workloads",
+			Help: "Workloads with a running loop, by state: awake, idle (cooling down), asleep, paused, invalid.",
+		}, []string{"state"}),
+		scaleOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zeroscaler_scale_operations_total",
+			Help: "Scale operations by direction (down: to zero, up: from zero) and result (ok, conflict, error).",
+		}, []string{"direction", "result"}),
+		apiWrites: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "zeroscaler_api_writes_total",
+			Help: "Writes to workloads sent to the Kubernetes API (annotation patches and scale updates).",
+		}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zeroscaler_prometheus_queries_total",
+			Help: "Requests sent to Prometheus by server and result (ok, no_data, multiple_series, timeout, bad_query, bad_response, server_error, error). Shared answers are not counted.",
+		}, []string{"server", "result"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "zeroscaler_prometheus_query_duration_seconds",
+			Help:    "Time from sending a request to Prometheus to its answer, including the wait for a free query slot.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}, []string{"server"}),
+		loopLag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "zeroscaler_loop_lag_seconds",
+			Help:    "How late a workload check started compared with its schedule.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
+		}),
+		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "zeroscaler_leader",
+			Help: "1 while this replica is the leader and runs workload loops, else 0.",
+		}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.Leader)
+	}
+	return m
+}
+
+// ObserveQuery counts one request to Prometheus; it fits
+// scaler.Options.ObserveQuery.
+func (m *Metrics) ObserveQuery(server, result string, took time.Duration) {
+	m.queries.WithLabelValues(server, result).Inc()
+	m.latency.WithLabelValues(server).Observe(took.Seconds())
+}

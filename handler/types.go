@@ -1,0 +1,117 @@
+package handler
+
+import (
+	"errors"
+	"reflect"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/zeroscaler/zeroscaler/scaler"
+)
+
+// Annotations the daemon writes on a workload it put to sleep. They are the
+// only state zeroscaler keeps: everything else is rebuilt after a restart.
+const (
+	AnnotationOriginalReplicas = "zeroscaler.io/original-replicas"
+	AnnotationScaledToZeroAt   = "zeroscaler.io/scaled-to-zero-at"
+)
+
+// Ref names one workload.
+type Ref struct {
+	schema.GroupVersionKind
+	Namespace string
+	Name      string
+}
+
+// Key is unique per workload: Kind/namespace/name.
+func (r Ref) Key() string { return r.Kind + "/" + r.Namespace + "/" + r.Name }
+
+// Workload is what a loop reads of a workload at each check, and nothing
+// more.
+type Workload struct {
+	Ref
+	UID             types.UID
+	ResourceVersion string
+	// Replicas is spec.replicas.
+	Replicas int32
+	// Annotations holds only the zeroscaler.io/ annotations.
+	Annotations map[string]string
+}
+
+// OriginalReplicas returns the count recorded before the daemon scaled the
+// workload to zero. ok is false if none was recorded; err is set if the
+// recorded value is not a positive integer.
+func (w Workload) OriginalReplicas() (n int32, ok bool, err error) {
+	return ParseOriginalReplicas(w.Annotations)
+}
+
+// ParseOriginalReplicas reads AnnotationOriginalReplicas.
+func ParseOriginalReplicas(annotations map[string]string) (int32, bool, error) {
+	v, ok := annotations[AnnotationOriginalReplicas]
+	if !ok {
+		return 0, false, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 32)
+	if err != nil || n < 1 {
+		return 0, true, errors.New("annotation " + AnnotationOriginalReplicas + ": " + strconv.Quote(v) + " is not a positive integer")
+	}
+	return int32(n), true, nil
+}
+
+func (w Workload) objectReference() *corev1.ObjectReference {
+	apiVersion, kind := w.GroupVersionKind.ToAPIVersionAndKind()
+	return &corev1.ObjectReference{
+		APIVersion: apiVersion,
+		Kind:       kind,
+		Namespace:  w.Namespace,
+		Name:       w.Name,
+		UID:        w.UID,
+	}
+}
+
+// Mode says what the handler should do with a workload.
+type Mode int
+
+const (
+	// Managed workloads are scaled by their metric.
+	Managed Mode = iota
+	// Invalid workloads have an annotation that does not parse; Err says
+	// which. Nothing is scaled, except that a workload the daemon put to
+	// sleep is woken (availability beats savings).
+	Invalid
+	// Released workloads lost their zeroscaler.io/query annotation; if the
+	// daemon put one to sleep, it is woken once.
+	Released
+)
+
+// Config is one workload's configuration as parsed from its annotations.
+type Config struct {
+	Ref
+	Mode Mode
+	// Err names the annotation that is wrong and why (Mode Invalid).
+	Err error
+
+	Metadata       scaler.Metadata
+	CooldownPeriod time.Duration
+	PollingPeriod  time.Duration
+	// MinReplicas is what a sleeping workload wakes to when no original
+	// count was recorded.
+	MinReplicas int32
+	Paused      bool
+	// WakeTo, if set, is an original count remembered from an earlier
+	// version of the object, used when the annotation itself is gone.
+	WakeTo int32
+}
+
+// Equal reports whether two configurations would run the same loop.
+func (c Config) Equal(o Config) bool {
+	if (c.Err == nil) != (o.Err == nil) || (c.Err != nil && c.Err.Error() != o.Err.Error()) {
+		return false
+	}
+	c.Err, o.Err = nil, nil
+	return reflect.DeepEqual(c, o)
+}

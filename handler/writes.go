@@ -1,0 +1,156 @@
+package handler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.uber.org/zap"
+	autoscalingv1 "k8s.io/api/autoscaling/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// The order of writes is what makes a crash harmless:
+//
+//   - to sleep, the original count is recorded first and replicas set to 0
+//     second; a crash in between leaves a running workload with stale marks,
+//     which the next check clears;
+//   - to wake, replicas are restored first and the marks removed second; a
+//     crash in between leaves a running workload with stale marks, likewise.
+//
+// So a workload at 0 always carries its original count. Every write is
+// conditional on the resourceVersion the decision was made on; a conflict
+// is retried at the next check, never forced.
+
+// sleep records the original count, then scales to zero.
+func (h *ScaleHandler) sleep(ctx context.Context, st *loopState, w Workload, now time.Time, msg string) error {
+	if h.dryRun {
+		st.dryAsleep, st.dryOriginal = true, w.Replicas
+		h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
+		return nil
+	}
+	rv, err := h.annotate(ctx, w.Ref, w.ResourceVersion, map[string]*string{
+		AnnotationOriginalReplicas: ptr(strconv.Itoa(int(w.Replicas))),
+		AnnotationScaledToZeroAt:   ptr(now.UTC().Format(time.RFC3339)),
+	})
+	if err == nil {
+		_, err = h.scale(ctx, w.Ref, rv, 0)
+	}
+	if err != nil {
+		h.writeFailed(st, "down", err)
+		return err
+	}
+	h.metrics.scaleOps.WithLabelValues("down", "ok").Inc()
+	h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
+	return nil
+}
+
+// wake restores the replicas, then removes the sleep marks.
+func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, target int32, reason, msg string) error {
+	eventType := corev1.EventTypeNormal
+	if reason == ReasonWokeOnError {
+		eventType = corev1.EventTypeWarning
+	}
+	if h.dryRun {
+		st.dryAsleep = false
+		st.idleSince = h.clock.Now()
+		h.announce(st, w, eventType, reason, msg, 0, target)
+		return nil
+	}
+	rv, err := h.scale(ctx, w.Ref, w.ResourceVersion, target)
+	if err != nil {
+		h.writeFailed(st, "up", err)
+		return err
+	}
+	h.metrics.scaleOps.WithLabelValues("up", "ok").Inc()
+	st.idleSince = h.clock.Now()
+	st.lastReplicas = target
+	h.setState(st, StateAwake)
+	h.announce(st, w, eventType, reason, msg, 0, target)
+	if err := h.clearMarks(ctx, w, rv); err != nil {
+		// The next check sees a running workload with marks and clears them.
+		st.log.Info("woke, but could not clear sleep annotations yet; will retry", zap.Error(err))
+	}
+	return nil
+}
+
+func (h *ScaleHandler) clearMarks(ctx context.Context, w Workload, rv string) error {
+	if h.dryRun {
+		return nil
+	}
+	_, err := h.annotate(ctx, w.Ref, rv, map[string]*string{
+		AnnotationOriginalReplicas: nil,
+		AnnotationScaledToZeroAt:   nil,
+	})
+	return err
+}
+
+func (h *ScaleHandler) announce(st *loopState, w Workload, eventType, reason, msg string, from, to int32) {
+	if h.dryRun {
+		msg = "(dry run) " + msg
+	}
+	st.log.Info(msg, zap.String("reason", reason), zap.Int32("from", from), zap.Int32("to", to), zap.Bool("dryRun", h.dryRun))
+	h.EventRecorder.Event(w.objectReference(), eventType, reason, msg)
+}
+
+func (h *ScaleHandler) writeFailed(st *loopState, direction string, err error) {
+	result := "error"
+	if apierrors.IsConflict(err) {
+		result = "conflict"
+		st.log.Debug("workload changed while deciding; will decide again at the next check", zap.Error(err))
+	} else {
+		st.log.Error("scale "+direction+" failed; will retry at the next check", zap.Error(err))
+	}
+	h.metrics.scaleOps.WithLabelValues(direction, result).Inc()
+}
+
+// annotate sets (or, for nil values, removes) annotations, provided the
+// workload is still at resourceVersion rv. It returns the new
+// resourceVersion.
+func (h *ScaleHandler) annotate(ctx context.Context, ref Ref, rv string, set map[string]*string) (string, error) {
+	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
+	if err != nil {
+		return "", fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
+	}
+	patch, err := json.Marshal(map[string]any{
+		"metadata": map[string]any{"resourceVersion": rv, "annotations": set},
+	})
+	if err != nil {
+		return "", err
+	}
+	h.metrics.apiWrites.Inc()
+	out, err := h.kDynamicClient.Resource(mapping.Resource).Namespace(ref.Namespace).
+		Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	if err != nil {
+		return "", fmt.Errorf("annotate %s: %w", ref.Key(), err)
+	}
+	return out.GetResourceVersion(), nil
+}
+
+// scale sets replicas through the scale subresource, provided the workload
+// is still at resourceVersion rv. It returns the new resourceVersion.
+func (h *ScaleHandler) scale(ctx context.Context, ref Ref, rv string, replicas int32) (string, error) {
+	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
+	if err != nil {
+		return "", fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
+	}
+	s := &autoscalingv1.Scale{
+		ObjectMeta: metav1.ObjectMeta{Name: ref.Name, Namespace: ref.Namespace, ResourceVersion: rv},
+		Spec:       autoscalingv1.ScaleSpec{Replicas: replicas},
+	}
+	h.metrics.apiWrites.Inc()
+	out, err := h.scaleClient.Scales(ref.Namespace).Update(ctx, mapping.Resource.GroupResource(), s, metav1.UpdateOptions{FieldManager: fieldManager})
+	if err != nil {
+		return "", fmt.Errorf("scale %s to %d: %w", ref.Key(), replicas, err)
+	}
+	return out.ResourceVersion, nil
+}
+
+const fieldManager = "zeroscaler"
+
+func ptr[T any](v T) *T { return &v }

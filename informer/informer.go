@@ -1,0 +1,222 @@
+// Package informer discovers annotated Deployments and StatefulSets with
+// shared informers, keeps a lean cache of them, and tells the handler when a
+// workload's configuration appears, changes or goes.
+package informer
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/zeroscaler/zeroscaler/handler"
+)
+
+// Handler is told about configurations. *handler.ScaleHandler is one.
+type Handler interface {
+	Sync(handler.Config)
+	Forget(handler.Ref)
+}
+
+// Options configure the informers.
+type Options struct {
+	// Namespace limits the watch to one namespace; empty watches all.
+	Namespace string
+	// Selector is a label selector narrowing the watch.
+	Selector string
+	Defaults Defaults
+}
+
+var (
+	deploymentKind  = appsv1.SchemeGroupVersion.WithKind("Deployment")
+	statefulSetKind = appsv1.SchemeGroupVersion.WithKind("StatefulSet")
+)
+
+// Informer watches workloads and serves them from its cache.
+type Informer struct {
+	factory  informers.SharedInformerFactory
+	byKind   map[schema.GroupVersionKind]cache.SharedIndexInformer
+	handler  Handler
+	defaults Defaults
+}
+
+// New sets up informers on Deployments and StatefulSets. Call Notify, then
+// Start and WaitForCacheSync.
+func New(client kubernetes.Interface, o Options) *Informer {
+	i := &Informer{
+		factory: informers.NewSharedInformerFactoryWithOptions(client, 0,
+			informers.WithNamespace(o.Namespace),
+			informers.WithTweakListOptions(func(lo *metav1.ListOptions) { lo.LabelSelector = o.Selector }),
+			informers.WithTransform(lean),
+		),
+		defaults: o.Defaults,
+	}
+	i.byKind = map[schema.GroupVersionKind]cache.SharedIndexInformer{
+		deploymentKind:  i.factory.Apps().V1().Deployments().Informer(),
+		statefulSetKind: i.factory.Apps().V1().StatefulSets().Informer(),
+	}
+	return i
+}
+
+// Notify makes the informer tell h about every workload's configuration.
+func (i *Informer) Notify(h Handler) error {
+	i.handler = h
+	for gvk, inf := range i.byKind {
+		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { i.changed(gvk, nil, obj) },
+			UpdateFunc: func(old, obj any) { i.changed(gvk, old, obj) },
+			DeleteFunc: func(obj any) { i.deleted(gvk, obj) },
+		})
+		if err != nil {
+			return fmt.Errorf("add %s event handler: %w", gvk.Kind, err)
+		}
+	}
+	return nil
+}
+
+// Start starts the informers; they stop when ctx ends.
+func (i *Informer) Start(ctx context.Context) { i.factory.Start(ctx.Done()) }
+
+// Shutdown waits for the informers' goroutines after ctx ended.
+func (i *Informer) Shutdown() { i.factory.Shutdown() }
+
+// WaitForCacheSync blocks until every cache is filled, or ctx ends. It
+// reports whether they all synced.
+func (i *Informer) WaitForCacheSync(ctx context.Context) bool {
+	for _, ok := range i.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// HasSynced reports whether every cache is filled.
+func (i *Informer) HasSynced() bool {
+	for _, inf := range i.byKind {
+		if !inf.HasSynced() {
+			return false
+		}
+	}
+	return true
+}
+
+// Get reads a workload from the cache.
+func (i *Informer) Get(ref handler.Ref) (handler.Workload, bool) {
+	inf, ok := i.byKind[ref.GroupVersionKind]
+	if !ok {
+		return handler.Workload{}, false
+	}
+	obj, exists, err := inf.GetIndexer().GetByKey(ref.Namespace + "/" + ref.Name)
+	if err != nil || !exists {
+		return handler.Workload{}, false
+	}
+	return toWorkload(ref.GroupVersionKind, obj)
+}
+
+func (i *Informer) changed(gvk schema.GroupVersionKind, oldObj, obj any) {
+	w, ok := toWorkload(gvk, obj)
+	if !ok {
+		return
+	}
+	if _, managed := w.Annotations[AnnotationQuery]; managed {
+		cfg, err := Parse(w.Annotations, i.defaults)
+		if err != nil {
+			cfg.Err = err
+		}
+		cfg.Ref = w.Ref
+		i.handler.Sync(cfg)
+		return
+	}
+	// Not (or no longer) managed. If we put it to sleep, it must be woken:
+	// with its recorded count, or the one its previous version carried if
+	// the user removed every zeroscaler annotation at once.
+	_, marked, _ := w.OriginalReplicas()
+	var wakeTo int32
+	if old, ok := toWorkload(gvk, oldObj); ok {
+		wakeTo, _, _ = old.OriginalReplicas()
+	}
+	if w.Replicas == 0 && (marked || wakeTo > 0) {
+		i.handler.Sync(handler.Config{Ref: w.Ref, Mode: handler.Released, WakeTo: wakeTo})
+		return
+	}
+	i.handler.Forget(w.Ref)
+}
+
+func (i *Informer) deleted(gvk schema.GroupVersionKind, obj any) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	if w, ok := toWorkload(gvk, obj); ok {
+		i.handler.Forget(w.Ref)
+	}
+}
+
+// lean is the informers' transform: it keeps only what the daemon reads
+// (name, namespace, uid, resourceVersion, zeroscaler annotations,
+// spec.replicas) before an object enters the cache.
+func lean(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		return &appsv1.Deployment{
+			ObjectMeta: leanMeta(o.ObjectMeta),
+			Spec:       appsv1.DeploymentSpec{Replicas: o.Spec.Replicas},
+		}, nil
+	case *appsv1.StatefulSet:
+		return &appsv1.StatefulSet{
+			ObjectMeta: leanMeta(o.ObjectMeta),
+			Spec:       appsv1.StatefulSetSpec{Replicas: o.Spec.Replicas},
+		}, nil
+	}
+	return obj, nil
+}
+
+func leanMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	out := metav1.ObjectMeta{
+		Name:            m.Name,
+		Namespace:       m.Namespace,
+		UID:             m.UID,
+		ResourceVersion: m.ResourceVersion,
+	}
+	for k, v := range m.Annotations {
+		if strings.HasPrefix(k, Prefix) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	return out
+}
+
+func toWorkload(gvk schema.GroupVersionKind, obj any) (handler.Workload, bool) {
+	var (
+		meta     metav1.ObjectMeta
+		replicas *int32
+	)
+	switch o := obj.(type) {
+	case *appsv1.Deployment:
+		meta, replicas = o.ObjectMeta, o.Spec.Replicas
+	case *appsv1.StatefulSet:
+		meta, replicas = o.ObjectMeta, o.Spec.Replicas
+	default:
+		return handler.Workload{}, false
+	}
+	w := handler.Workload{
+		Ref:             handler.Ref{GroupVersionKind: gvk, Namespace: meta.Namespace, Name: meta.Name},
+		UID:             meta.UID,
+		ResourceVersion: meta.ResourceVersion,
+		Replicas:        1, // the API server's default for both kinds
+		Annotations:     meta.Annotations,
+	}
+	if replicas != nil {
+		w.Replicas = *replicas
+	}
+	return w, true
+}

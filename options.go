@@ -1,0 +1,135 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+)
+
+// options are the daemon's flags.
+type options struct {
+	kubeconfig     string
+	watchNamespace string
+	selector       string
+	kubeAPIQPS     float32
+	kubeAPIBurst   int
+
+	prometheusAddress    string
+	allowedAddresses     []string
+	bearerTokenFile      string
+	prometheusHeaders    []string
+	prometheusConfig     string
+	uptimeFilter         string
+	queryTimeout         time.Duration
+	maxConcurrentQueries int
+
+	defaultPolling  time.Duration
+	defaultCooldown time.Duration
+	dryRun          bool
+
+	leaderElect         bool
+	leaderElectionNS    string
+	leaderElectionID    string
+	leaseDuration       time.Duration
+	renewDeadline       time.Duration
+	retryPeriod         time.Duration
+	metricsAddress      string
+	logLevel, logFormat string
+	version             bool
+	parsedPromHeaders   map[string]string
+}
+
+func newOptions() *options {
+	// Leader election is on by default in a cluster, where two replicas
+	// run, and off on a laptop.
+	_, err := rest.InClusterConfig()
+	return &options{leaderElect: err == nil}
+}
+
+func (o *options) flags(name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SortFlags = false
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Empty: in-cluster config, else $KUBECONFIG or ~/.kube/config.")
+	fs.StringVar(&o.watchNamespace, "watch-namespace", "", "Namespace to watch. Empty: all namespaces.")
+	fs.StringVar(&o.selector, "selector", "", "Label selector narrowing the workloads watched, e.g. team=web.")
+	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 50, "Sustained requests per second to the Kubernetes API.")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "Burst of requests to the Kubernetes API.")
+
+	fs.StringVar(&o.prometheusAddress, "prometheus-address", "http://localhost:9090", "Default Prometheus base URL; the only one that receives the credentials given by flags.")
+	fs.StringArrayVar(&o.allowedAddresses, "allowed-server-address", nil, "Other Prometheus base URL a workload may name in zeroscaler.io/server-address (repeatable). No credentials are sent to it.")
+	fs.StringVar(&o.bearerTokenFile, "prometheus-bearer-token-file", "", "File holding a bearer token for --prometheus-address, re-read on change.")
+	fs.StringArrayVar(&o.prometheusHeaders, "prometheus-header", nil, "Header Name=value sent to --prometheus-address only (repeatable).")
+	fs.StringVar(&o.prometheusConfig, "prometheus-config", "", "YAML file listing Prometheus servers, each with Prometheus' own HTTP client configuration (auth, TLS, proxy). Each listed URL is allowed and gets only its own credentials.")
+	fs.StringVar(&o.uptimeFilter, "uptime-filter", `job="prometheus"`, "Default label matchers for the health query up{...}.")
+	fs.DurationVar(&o.queryTimeout, "query-timeout", 5*time.Second, "Timeout of one query to Prometheus.")
+	fs.IntVar(&o.maxConcurrentQueries, "max-concurrent-queries", 8, "Most queries in flight to one Prometheus server.")
+
+	fs.DurationVar(&o.defaultPolling, "default-polling-interval", 30*time.Second, "Time between checks for workloads without zeroscaler.io/polling-interval.")
+	fs.DurationVar(&o.defaultCooldown, "default-cooldown-period", 5*time.Minute, "Idle time before scaling to zero for workloads without zeroscaler.io/cooldown-period.")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "Decide, log and emit events, but never write to workloads.")
+
+	fs.BoolVar(&o.leaderElect, "leader-elect", o.leaderElect, "Elect a leader with a Lease so that only one replica acts (default true in-cluster).")
+	fs.StringVar(&o.leaderElectionNS, "leader-election-namespace", "", "Namespace of the Lease. Empty: the pod's own namespace in-cluster, else default.")
+	fs.StringVar(&o.leaderElectionID, "leader-election-id", "zeroscaler", "Name of the Lease.")
+	fs.DurationVar(&o.leaseDuration, "leader-election-lease-duration", 15*time.Second, "How long a standby waits before taking over a lease that is not renewed.")
+	fs.DurationVar(&o.renewDeadline, "leader-election-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew before it gives up leading.")
+	fs.DurationVar(&o.retryPeriod, "leader-election-retry-period", 2*time.Second, "Time between lease acquire or renew attempts.")
+	fs.StringVar(&o.metricsAddress, "metrics-address", ":8080", "Address serving /metrics, /healthz and /readyz. Empty: disabled.")
+
+	fs.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
+	fs.StringVar(&o.logFormat, "log-format", "json", "Log format: json or console.")
+	fs.BoolVar(&o.version, "version", false, "Print the version and exit.")
+	return fs
+}
+
+func (o *options) validate() error {
+	var errs []error
+	if o.defaultPolling < time.Second {
+		errs = append(errs, fmt.Errorf("--default-polling-interval must be at least 1s, got %s", o.defaultPolling))
+	}
+	if o.defaultCooldown < time.Second {
+		errs = append(errs, fmt.Errorf("--default-cooldown-period must be at least 1s, got %s", o.defaultCooldown))
+	}
+	if o.queryTimeout <= 0 {
+		errs = append(errs, errors.New("--query-timeout must be positive"))
+	}
+	if o.maxConcurrentQueries < 1 {
+		errs = append(errs, errors.New("--max-concurrent-queries must be at least 1"))
+	}
+	if o.logFormat != "json" && o.logFormat != "console" {
+		errs = append(errs, fmt.Errorf("--log-format must be json or console, got %q", o.logFormat))
+	}
+	if o.leaderElect && !(o.leaseDuration > o.renewDeadline && o.renewDeadline > o.retryPeriod && o.retryPeriod > 0) {
+		errs = append(errs, errors.New("leader election needs lease duration > renew deadline > retry period > 0"))
+	}
+	o.parsedPromHeaders = map[string]string{}
+	for _, h := range o.prometheusHeaders {
+		name, value, ok := strings.Cut(h, "=")
+		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(h, "\r\n") {
+			errs = append(errs, fmt.Errorf("--prometheus-header %q: want Name=value", h))
+			continue
+		}
+		o.parsedPromHeaders[strings.TrimSpace(name)] = value
+	}
+	if o.leaderElectionNS == "" {
+		o.leaderElectionNS = podNamespace()
+	}
+	return errors.Join(errs...)
+}
+
+// podNamespace is the namespace this pod runs in, or default outside a
+// cluster.
+func podNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		return strings.TrimSpace(string(b))
+	}
+	return "default"
+}

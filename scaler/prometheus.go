@@ -1,0 +1,129 @@
+package scaler
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/common/model"
+)
+
+// prometheusMetadata is the Prometheus part of one workload's configuration,
+// as parsed from its annotations.
+type prometheusMetadata struct {
+	ServerAddress string            `json:"serverAddress"`
+	Query         string            `json:"query"`
+	Threshold     float64           `json:"threshold,string"`
+	UptimeFilter  string            `json:"uptimeFilter"`
+	Headers       map[string]string `json:"headers"`
+}
+
+// Metadata is prometheusMetadata under a name other packages can use: the
+// informer fills it from annotations.
+type Metadata = prometheusMetadata
+
+// prometheusScaler decides from one PromQL query compared with a threshold.
+type prometheusScaler struct {
+	httpClient           *http.Client
+	metadata             *prometheusMetadata
+	cooldownPeriod       time.Duration
+	defaultServerAddress string
+	// defaultHeaders are the operator's headers for the default server;
+	// they are empty unless this scaler asks that server.
+	defaultHeaders map[string]string
+
+	servers *Servers
+	// headers is what every request of this scaler carries: the default
+	// headers (default server only) under the workload's own.
+	headers map[string]string
+
+	mu   sync.Mutex
+	last Reading
+}
+
+// New returns the Scaler for one workload. The metadata's ServerAddress must
+// be empty (the default server) or already checked with Servers.Allowed.
+func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScaler, error) {
+	if md.ServerAddress == "" {
+		md.ServerAddress = servers.defaultAddress
+	}
+	srv, ok := servers.byAddress[md.ServerAddress]
+	if !ok {
+		return nil, fmt.Errorf("%s is not an allowed Prometheus server", md.ServerAddress)
+	}
+	s := &prometheusScaler{
+		httpClient:           srv.client,
+		metadata:             &md,
+		cooldownPeriod:       cooldown,
+		defaultServerAddress: servers.defaultAddress,
+		servers:              servers,
+		headers:              map[string]string{},
+	}
+	if md.ServerAddress == servers.defaultAddress {
+		s.defaultHeaders = servers.defaultHeaders
+	}
+	maps.Copy(s.headers, s.defaultHeaders)
+	maps.Copy(s.headers, md.Headers)
+	return s, nil
+}
+
+// IsHealthy asks whether the targets matched by the uptime filter were up
+// for the whole cooldown window. A gap in the data counts as down.
+func (s *prometheusScaler) IsHealthy(ctx context.Context) (bool, error) {
+	q := HealthQuery(s.metadata.UptimeFilter, s.cooldownPeriod)
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, q)
+	if err != nil {
+		return false, fmt.Errorf("health query: %w", err)
+	}
+	return v == 1, nil
+}
+
+// HealthQuery is the PromQL behind IsHealthy: 1 only if `up{filter}` was 1
+// at every step of the window.
+func HealthQuery(filter string, window time.Duration) string {
+	return fmt.Sprintf("min_over_time((max(up{%s}) or vector(0))[%s:])", filter, model.Duration(window))
+}
+
+// ShouldScaleToZero reports whether the value is below the threshold.
+func (s *prometheusScaler) ShouldScaleToZero(ctx context.Context) (bool, error) {
+	r, err := s.read(ctx)
+	if err != nil {
+		return false, err
+	}
+	return r.Idle(), nil
+}
+
+// ShouldScaleFromZero reports whether the value is at or above the
+// threshold.
+func (s *prometheusScaler) ShouldScaleFromZero(ctx context.Context) (bool, error) {
+	r, err := s.read(ctx)
+	if err != nil {
+		return false, err
+	}
+	return !r.Idle(), nil
+}
+
+// LastReading returns the reading behind the last successful decision.
+func (s *prometheusScaler) LastReading() Reading {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Close releases nothing: connections belong to the shared server clients.
+func (s *prometheusScaler) Close(context.Context) error { return nil }
+
+func (s *prometheusScaler) read(ctx context.Context) (Reading, error) {
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, s.metadata.Query)
+	if err != nil {
+		return Reading{}, err
+	}
+	r := Reading{Query: s.metadata.Query, Value: v, Threshold: s.metadata.Threshold}
+	s.mu.Lock()
+	s.last = r
+	s.mu.Unlock()
+	return r, nil
+}

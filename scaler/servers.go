@@ -1,0 +1,426 @@
+package scaler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/api"
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/model"
+	"go.yaml.in/yaml/v2"
+	"golang.org/x/sync/singleflight"
+	"k8s.io/utils/clock"
+)
+
+// Options say which Prometheus servers zeroscaler may ask, with which
+// credentials, and how hard it may press them.
+type Options struct {
+	// DefaultAddress is used by workloads that name no server.
+	DefaultAddress string
+	// AllowedAddresses may be named by workloads; no credentials are sent
+	// to them.
+	AllowedAddresses []string
+	// BearerTokenFile and Headers are credentials for DefaultAddress only.
+	BearerTokenFile string
+	Headers         map[string]string
+	// ConfigFile names servers with Prometheus' own HTTP client
+	// configuration; each is allowed and gets only its own credentials.
+	ConfigFile string
+	// QueryTimeout bounds one request to Prometheus.
+	QueryTimeout time.Duration
+	// MaxConcurrentQueries bounds requests in flight to one server.
+	MaxConcurrentQueries int
+	// ShareWindow is how long one answer serves every workload asking the
+	// same question of the same server with the same headers.
+	ShareWindow time.Duration
+	// Clock is injected by tests.
+	Clock clock.PassiveClock
+	// ObserveQuery, if set, is told about every request actually sent.
+	ObserveQuery func(server, result string, took time.Duration)
+}
+
+// FileConfig is the format of --prometheus-config.
+type FileConfig struct {
+	Servers []ServerConfig `yaml:"servers"`
+}
+
+// ServerConfig is one Prometheus server and the client configuration used
+// for it alone, in the format Prometheus itself uses for scrape targets.
+type ServerConfig struct {
+	URL              string `yaml:"url"`
+	HTTPClientConfig config.HTTPClientConfig `yaml:",inline"`
+}
+
+// Servers holds one HTTP client per allowed Prometheus server and shares
+// identical queries between workloads.
+type Servers struct {
+	defaultAddress string
+	defaultHeaders map[string]string
+	byAddress      map[string]*server
+	timeout        time.Duration
+	shareWindow    time.Duration
+	clock          clock.PassiveClock
+	observe        func(server, result string, took time.Duration)
+}
+
+// server is one Prometheus with its own transport, concurrency bound and
+// shared answers.
+type server struct {
+	address string
+	client  *http.Client
+	api     api.Client
+	slots   chan struct{}
+	flight  singleflight.Group
+
+	mu      sync.Mutex
+	answers map[string]answer
+}
+
+type answer struct {
+	value float64
+	err   error
+	at    time.Time
+}
+
+// NewServers validates the options and builds one client per server.
+func NewServers(o Options) (*Servers, error) {
+	if o.Clock == nil {
+		o.Clock = clock.RealClock{}
+	}
+	if o.MaxConcurrentQueries < 1 {
+		return nil, fmt.Errorf("max concurrent queries must be at least 1, got %d", o.MaxConcurrentQueries)
+	}
+	s := &Servers{
+		defaultHeaders: o.Headers,
+		byAddress:      map[string]*server{},
+		timeout:        o.QueryTimeout,
+		shareWindow:    o.ShareWindow,
+		clock:          o.Clock,
+		observe:        o.ObserveQuery,
+	}
+	add := func(addr string, cfg config.HTTPClientConfig) error {
+		norm, err := NormalizeAddress(addr)
+		if err != nil {
+			return err
+		}
+		if _, dup := s.byAddress[norm]; dup {
+			return fmt.Errorf("prometheus server %s is configured twice", norm)
+		}
+		srv, err := newServer(norm, cfg, o.MaxConcurrentQueries)
+		if err != nil {
+			return fmt.Errorf("prometheus server %s: %w", norm, err)
+		}
+		s.byAddress[norm] = srv
+		return nil
+	}
+
+	if o.ConfigFile != "" {
+		fc, err := LoadFileConfig(o.ConfigFile)
+		if err != nil {
+			return nil, err
+		}
+		for _, sc := range fc.Servers {
+			if err := add(sc.URL, sc.HTTPClientConfig); err != nil {
+				return nil, err
+			}
+		}
+		if o.DefaultAddress == "" && len(fc.Servers) > 0 {
+			o.DefaultAddress = fc.Servers[0].URL
+		}
+	}
+	if o.DefaultAddress == "" {
+		return nil, errors.New("no default Prometheus server: set --prometheus-address or list servers in --prometheus-config")
+	}
+	def, err := NormalizeAddress(o.DefaultAddress)
+	if err != nil {
+		return nil, fmt.Errorf("--prometheus-address: %w", err)
+	}
+	s.defaultAddress = def
+	if _, inFile := s.byAddress[def]; inFile {
+		if o.BearerTokenFile != "" {
+			return nil, fmt.Errorf("server %s: give its bearer token in --prometheus-config, not --prometheus-bearer-token-file", def)
+		}
+	} else {
+		cfg := config.DefaultHTTPClientConfig
+		if o.BearerTokenFile != "" {
+			cfg.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: o.BearerTokenFile}
+		}
+		if err := add(def, cfg); err != nil {
+			return nil, err
+		}
+	}
+	for _, a := range o.AllowedAddresses {
+		norm, err := NormalizeAddress(a)
+		if err != nil {
+			return nil, fmt.Errorf("--allowed-server-address: %w", err)
+		}
+		if _, ok := s.byAddress[norm]; ok {
+			continue
+		}
+		if err := add(norm, config.DefaultHTTPClientConfig); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// LoadFileConfig reads --prometheus-config. Relative file names in it are
+// taken relative to the file, as Prometheus does.
+func LoadFileConfig(path string) (*FileConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read prometheus config: %w", err)
+	}
+	fc := &FileConfig{}
+	if err := yaml.UnmarshalStrict(b, fc); err != nil {
+		return nil, fmt.Errorf("parse prometheus config %s: %w", path, err)
+	}
+	for i := range fc.Servers {
+		sc := &fc.Servers[i]
+		if sc.URL == "" {
+			return nil, fmt.Errorf("prometheus config %s: servers[%d].url is empty", path, i)
+		}
+		sc.HTTPClientConfig.SetDirectory(filepath.Dir(path))
+		if err := sc.HTTPClientConfig.Validate(); err != nil {
+			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
+		}
+	}
+	return fc, nil
+}
+
+func newServer(addr string, cfg config.HTTPClientConfig, slots int) (*server, error) {
+	client, err := config.NewClientFromConfig(cfg, "zeroscaler")
+	if err != nil {
+		return nil, err
+	}
+	apiClient, err := api.NewClient(api.Config{Address: addr, Client: client})
+	if err != nil {
+		return nil, err
+	}
+	return &server{
+		address: addr,
+		client:  client,
+		api:     apiClient,
+		slots:   make(chan struct{}, slots),
+		answers: map[string]answer{},
+	}, nil
+}
+
+// NormalizeAddress checks that addr is a plain http(s) base URL and returns
+// it without a trailing slash, so that allow-list comparisons are exact.
+func NormalizeAddress(addr string) (string, error) {
+	u, err := url.Parse(strings.TrimSpace(addr))
+	if err != nil {
+		return "", fmt.Errorf("%q is not a URL: %w", addr, err)
+	}
+	switch {
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "", fmt.Errorf("%q: scheme must be http or https", addr)
+	case u.Host == "":
+		return "", fmt.Errorf("%q: host is missing", addr)
+	case u.User != nil:
+		return "", fmt.Errorf("%q: credentials in the URL are not allowed", addr)
+	case u.RawQuery != "" || u.Fragment != "":
+		return "", fmt.Errorf("%q: query and fragment are not allowed", addr)
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+// DefaultAddress is the server used by workloads that name none.
+func (s *Servers) DefaultAddress() string { return s.defaultAddress }
+
+// Allowed returns the normalized address if addr is a server the operator
+// allowed, and an error saying why not otherwise.
+func (s *Servers) Allowed(addr string) (string, error) {
+	norm, err := NormalizeAddress(addr)
+	if err != nil {
+		return "", err
+	}
+	if _, ok := s.byAddress[norm]; !ok {
+		return "", fmt.Errorf("%s is not an allowed Prometheus server (allowed: %s)", norm, strings.Join(s.addresses(), ", "))
+	}
+	return norm, nil
+}
+
+func (s *Servers) addresses() []string {
+	out := make([]string, 0, len(s.byAddress))
+	for a := range s.byAddress {
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// query returns the single value of promql on server addr, sending the
+// request only if no answer to the same question is fresh enough and none is
+// in flight.
+func (s *Servers) query(ctx context.Context, addr string, headers map[string]string, promql string) (float64, error) {
+	srv, ok := s.byAddress[addr]
+	if !ok {
+		// Parsing rejects such addresses; this is a second lock on the door.
+		return 0, fmt.Errorf("%s is not an allowed Prometheus server", addr)
+	}
+	key := questionKey(promql, headers)
+	if a, ok := srv.fresh(key, s.clock.Now(), s.shareWindow); ok {
+		return a.value, a.err
+	}
+	ch := srv.flight.DoChan(key, func() (any, error) {
+		if a, ok := srv.fresh(key, s.clock.Now(), s.shareWindow); ok {
+			return a, nil
+		}
+		a := s.ask(srv, headers, promql)
+		srv.mu.Lock()
+		srv.answers[key] = a
+		srv.mu.Unlock()
+		return a, nil
+	})
+	select {
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case r := <-ch:
+		a := r.Val.(answer)
+		return a.value, a.err
+	}
+}
+
+func (srv *server) fresh(key string, now time.Time, window time.Duration) (answer, bool) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	a, ok := srv.answers[key]
+	if !ok {
+		return answer{}, false
+	}
+	if now.Sub(a.at) >= window {
+		delete(srv.answers, key)
+		return answer{}, false
+	}
+	return a, true
+}
+
+// ask sends one request. It runs detached from any one caller's context,
+// because its answer is shared; the query timeout bounds it.
+func (s *Servers) ask(srv *server, headers map[string]string, promql string) answer {
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+	defer cancel()
+	started := s.clock.Now()
+	select {
+	case srv.slots <- struct{}{}:
+	case <-ctx.Done():
+		err := fmt.Errorf("wait for a free query slot: %w", ctx.Err())
+		s.record(srv, err, started)
+		return answer{err: err, at: s.clock.Now()}
+	}
+	defer func() { <-srv.slots }()
+
+	client := v1.NewAPI(headerClient{Client: srv.api, headers: headers})
+	value, _, _, err := client.Query(ctx, promql, time.Time{}, v1.WithTimeout(s.timeout))
+	var f float64
+	if err == nil {
+		f, err = single(value)
+	} else {
+		err = fmt.Errorf("query %s: %w", srv.address, err)
+	}
+	s.record(srv, err, started)
+	return answer{value: f, err: err, at: s.clock.Now()}
+}
+
+func (s *Servers) record(srv *server, err error, started time.Time) {
+	if s.observe != nil {
+		s.observe(srv.address, ResultKind(err), s.clock.Since(started))
+	}
+}
+
+// single reduces a query result to one number.
+func single(v model.Value) (float64, error) {
+	var f float64
+	switch v := v.(type) {
+	case model.Vector:
+		switch len(v) {
+		case 0:
+			return 0, fmt.Errorf("empty result: %w", ErrNoData)
+		case 1:
+			f = float64(v[0].Value)
+		default:
+			return 0, fmt.Errorf("%d series: %w", len(v), ErrMultipleSeries)
+		}
+	case *model.Scalar:
+		f = float64(v.Value)
+	default:
+		return 0, fmt.Errorf("query returned a %s; it must return a vector of one series or a scalar", v.Type())
+	}
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, fmt.Errorf("value %v: %w", f, ErrNoData)
+	}
+	return f, nil
+}
+
+// ResultKind names the outcome of a query for metrics.
+func ResultKind(err error) string {
+	var apiErr *v1.Error
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, ErrNoData):
+		return "no_data"
+	case errors.Is(err, ErrMultipleSeries):
+		return "multiple_series"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.As(err, &apiErr):
+		switch apiErr.Type {
+		case v1.ErrTimeout:
+			return "timeout"
+		case v1.ErrBadData, v1.ErrExec:
+			return "bad_query"
+		case v1.ErrBadResponse:
+			return "bad_response"
+		}
+		return "server_error"
+	}
+	return "error"
+}
+
+// questionKey identifies a question: two workloads share an answer only if
+// they send the same query with the same headers.
+func questionKey(promql string, headers map[string]string) string {
+	names := make([]string, 0, len(headers))
+	for k := range headers {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	b.WriteString(promql)
+	for _, k := range names {
+		b.WriteByte(0)
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(headers[k])
+	}
+	return b.String()
+}
+
+// headerClient adds a workload's non-secret headers to each request.
+type headerClient struct {
+	api.Client
+	headers map[string]string
+}
+
+func (c headerClient) Do(ctx context.Context, req *http.Request) (*http.Response, []byte, error) {
+	for k, v := range c.headers {
+		req.Header.Set(k, v)
+	}
+	return c.Client.Do(ctx, req)
+}
