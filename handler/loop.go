@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -30,6 +31,10 @@ const (
 	StateInvalid = "invalid"
 )
 
+// retryPeriod spaces the attempts to wake an invalid or released workload
+// whose first wake failed.
+const retryPeriod = 30 * time.Second
+
 // loopState is what one loop remembers between checks. None of it needs to
 // survive a restart: a new loop simply starts a new cooldown.
 type loopState struct {
@@ -46,9 +51,30 @@ type loopState struct {
 	// outage is told once, not at every check.
 	lastProblem string
 
-	// dryAsleep and dryOriginal simulate the sleeping state under --dry-run.
-	dryAsleep   bool
-	dryOriginal int32
+	// sleepFailed is set when this loop recorded the original count but
+	// could not scale to zero; the next check retries the sleep instead of
+	// treating the marks as a wake by someone else.
+	sleepFailed bool
+
+	// dry is what --dry-run pretends it wrote, laid over the real workload
+	// until the real one changes.
+	dry *dryView
+}
+
+// dryView is a workload as it would be had --dry-run written.
+type dryView struct {
+	resourceVersion string
+	replicas        int32
+	original        int32 // 0: not asleep
+}
+
+func (v *dryView) apply(w Workload) Workload {
+	w.Replicas = v.replicas
+	w.Annotations = nil
+	if v.original > 0 {
+		w.Annotations = map[string]string{AnnotationOriginalReplicas: strconv.Itoa(int(v.original))}
+	}
+	return w
 }
 
 // loop checks one workload on its grid until ctx ends or there is nothing
@@ -66,6 +92,7 @@ func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
 	case cfg.Paused:
 		h.setState(st, StatePaused)
 		st.log.Debug("paused; leaving the workload as it is")
+		<-ctx.Done() // keep counting it as paused while it is
 		return
 	case cfg.Mode == Invalid:
 		h.setState(st, StateInvalid)
@@ -82,16 +109,19 @@ func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
 			if w, ok := h.lister.Get(cfg.Ref); ok {
 				h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, err.Error())
 			}
+			<-ctx.Done()
 			return
 		}
 		defer d.Close(context.Background())
 		st.decider = d
 	}
 
-	next := firstCheck(h.clock.Now(), cfg)
-	if cfg.Mode != Managed {
-		// Invalid and released workloads need at most one wake: do it now.
-		next = h.clock.Now()
+	// Invalid and released workloads need at most one wake: do it now, and
+	// retry a failed one at retryPeriod (their configuration has no
+	// polling period).
+	next, period := h.clock.Now(), retryPeriod
+	if cfg.Mode == Managed {
+		next, period = firstCheck(next, cfg), cfg.PollingPeriod
 	}
 	for {
 		timer := h.clock.NewTimer(next.Sub(h.clock.Now()))
@@ -104,10 +134,13 @@ func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
 		now := h.clock.Now()
 		h.metrics.loopLag.Observe(now.Sub(next).Seconds())
 		if done := h.check(ctx, st); done {
+			if cfg.Mode == Invalid {
+				<-ctx.Done() // keep counting it as invalid until it is fixed
+			}
 			return
 		}
 		for !next.After(now) {
-			next = next.Add(cfg.PollingPeriod)
+			next = next.Add(period)
 		}
 	}
 }
@@ -127,11 +160,15 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 		return true // deleted; the informer tells us to forget it
 	}
 	now := h.clock.Now()
-	original, ours, origErr := w.OriginalReplicas()
-	if st.dryAsleep {
-		ours, original, origErr = true, st.dryOriginal, nil
+	if st.dry != nil {
+		if st.dry.resourceVersion == w.ResourceVersion {
+			w = st.dry.apply(w)
+		} else {
+			st.dry = nil // the real workload changed: believe it again
+		}
 	}
-	asleep := ours && (w.Replicas == 0 || st.dryAsleep)
+	original, ours, origErr := w.OriginalReplicas()
+	asleep := ours && w.Replicas == 0
 
 	if st.cfg.Mode != Managed {
 		// Wake it once if we put it to sleep, then there is nothing to do.
@@ -160,6 +197,9 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 		h.setState(st, StateAwake)
 		st.idleSince = now
 		st.log.Debug("at zero replicas, not put there by zeroscaler; leaving it alone")
+	case ours && st.sleepFailed:
+		// Our own sleep stopped halfway; decide again as if awake.
+		h.checkAwake(ctx, st, w, now)
 	case ours:
 		// Awake but still marked asleep: someone scaled it up, or we stopped
 		// between our two writes. Either way it is awake now.
@@ -180,6 +220,7 @@ func (h *ScaleHandler) checkAwake(ctx context.Context, st *loopState, w Workload
 	idle, err := st.decider.ShouldScaleToZero(ctx)
 	if err != nil || !idle {
 		st.idleSince = now
+		st.sleepFailed = false
 		h.setState(st, StateAwake)
 		h.reportProblem(st, w, err)
 		if err == nil {
@@ -215,7 +256,13 @@ func (h *ScaleHandler) checkAsleep(ctx context.Context, st *loopState, w Workloa
 		h.reportProblem(st, w, err)
 		st.log.Debug("no data; staying asleep", zap.Error(err))
 	case err != nil:
-		// Fail open: a sleeping workload we cannot judge is woken.
+		// Fail open: a sleeping workload we cannot judge is woken. The
+		// WokeOnError event tells of an outage; don't tell it twice. A
+		// query returning several series is the user's to fix: say so.
+		if errors.Is(err, scaler.ErrMultipleSeries) {
+			h.reportProblem(st, w, err)
+		}
+		st.lastProblem = scaler.ResultKind(err)
 		h.wake(ctx, st, w, target, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because the metric could not be read: %v", target, err))
 	case active:
 		h.reportProblem(st, w, nil)

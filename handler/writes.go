@@ -30,7 +30,7 @@ import (
 // sleep records the original count, then scales to zero.
 func (h *ScaleHandler) sleep(ctx context.Context, st *loopState, w Workload, now time.Time, msg string) error {
 	if h.dryRun {
-		st.dryAsleep, st.dryOriginal = true, w.Replicas
+		st.dry = &dryView{resourceVersion: w.ResourceVersion, replicas: 0, original: w.Replicas}
 		h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
 		return nil
 	}
@@ -39,12 +39,15 @@ func (h *ScaleHandler) sleep(ctx context.Context, st *loopState, w Workload, now
 		AnnotationScaledToZeroAt:   ptr(now.UTC().Format(time.RFC3339)),
 	})
 	if err == nil {
-		_, err = h.scale(ctx, w.Ref, rv, 0)
+		if _, err = h.scale(ctx, w.Ref, rv, 0); err != nil {
+			st.sleepFailed = true
+		}
 	}
 	if err != nil {
 		h.writeFailed(st, "down", err)
 		return err
 	}
+	st.sleepFailed = false
 	h.metrics.scaleOps.WithLabelValues("down", "ok").Inc()
 	h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
 	return nil
@@ -57,8 +60,9 @@ func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, targ
 		eventType = corev1.EventTypeWarning
 	}
 	if h.dryRun {
-		st.dryAsleep = false
+		st.dry = &dryView{resourceVersion: w.ResourceVersion, replicas: target}
 		st.idleSince = h.clock.Now()
+		h.setState(st, StateAwake)
 		h.announce(st, w, eventType, reason, msg, 0, target)
 		return nil
 	}

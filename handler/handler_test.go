@@ -1,0 +1,282 @@
+package handler
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/zeroscaler/zeroscaler/scaler"
+)
+
+// Sync restarts a loop only when the configuration changes: an equal one
+// (a status update, a resync) keeps the loop and its cooldown progress.
+func TestSyncRestartsOnlyOnChange(t *testing.T) {
+	headers := func(c *Config) { c.Metadata.Headers = map[string]string{"X-Scope-OrgID": "a"} }
+	tests := []struct {
+		name    string
+		first   Config
+		again   Config
+		restart bool
+	}{
+		{name: "equal configuration", first: managed("web"), again: managed("web")},
+		{name: "equal, headers map rebuilt", first: managed("web", headers), again: managed("web", headers)},
+		{name: "threshold changed", first: managed("web"), again: managed("web", func(c *Config) { c.Metadata.Threshold = 2 }), restart: true},
+		{name: "min-replicas changed", first: managed("web"), again: managed("web", func(c *Config) { c.MinReplicas = 2 }), restart: true},
+		{name: "headers changed", first: managed("web"), again: managed("web", headers), restart: true},
+		{name: "paused", first: managed("web"), again: managed("web", func(c *Config) { c.Paused = true }), restart: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			first := tc.first
+			hs := newHarness(t, false, deployment("web", 3, nil))
+			hs.prom.set("q", idle)
+			hs.h.Sync(first)
+			hs.run()
+			hs.ticks(2)
+			old := hs.prom.built()[0]
+
+			hs.h.Sync(tc.again)
+			if !tc.restart {
+				hs.tick(1)
+				if n := len(hs.prom.built()); n != 1 || old.isClosed() {
+					t.Fatalf("loop restarted by an equal configuration (%d deciders, old closed %v)", n, old.isClosed())
+				}
+				wantStrings(t, "writes at check 3", hs.world.takeWrites(), []string{
+					"annotate web original-replicas=3 scaled-to-zero-at=" + hs.stamp(),
+					"scale web 0",
+				})
+				return
+			}
+			if tc.again.Paused {
+				eventually(t, "the old loop to stop", old.isClosed)
+				eventually(t, "the paused gauge", func() bool { return hs.gauge(StatePaused) == 1 })
+				hs.clock.Step(time.Hour)
+				wantStrings(t, "writes", hs.world.takeWrites(), nil)
+				return
+			}
+			eventually(t, "the loop to restart", func() bool { return old.isClosed() && len(hs.prom.built()) == 2 })
+			hs.tick(1)
+			wantStrings(t, "writes one check after the restart", hs.world.takeWrites(), nil)
+			hs.ticks(2)
+			if got := hs.world.takeWrites(); len(got) != 2 {
+				t.Errorf("writes a cooldown after the restart = %q, want the two sleep writes", got)
+			}
+		})
+	}
+}
+
+// Syncs before Run are kept and started by Run; Run stops every loop and
+// waits for them when its context ends.
+func TestRunStartsAndStopsLoops(t *testing.T) {
+	hs := newHarness(t, false, deployment("a", 3, nil), deployment("b", 3, nil))
+	hs.h.Sync(managed("a"))
+	hs.h.Sync(managed("b", func(c *Config) { c.Metadata.Query = "q2" }))
+	if n := hs.h.Running(); n != 0 {
+		t.Errorf("Running() = %d before Run, want 0", n)
+	}
+	stop := hs.run()
+	hs.parked(2)
+	if n := hs.h.Running(); n != 2 {
+		t.Errorf("Running() = %d, want 2", n)
+	}
+	stop()
+	if n := hs.h.Running(); n != 0 {
+		t.Errorf("Running() = %d after Run returned, want 0", n)
+	}
+	if n := hs.clock.Waiters(); n != 0 {
+		t.Errorf("%d timers left after Run returned", n)
+	}
+	if got := hs.gauge(StateAwake) + hs.gauge(StateIdle); got != 0 {
+		t.Errorf("workloads gauge = %v after Run returned, want 0", got)
+	}
+}
+
+// The workloads gauge counts each running loop once, by its state.
+func TestWorkloadsGauge(t *testing.T) {
+	states := []string{StateAwake, StateIdle, StateAsleep, StatePaused, StateInvalid}
+	want := func(hs *harness, when string, counts map[string]float64) {
+		t.Helper()
+		for _, s := range states {
+			if got := hs.gauge(s); got != counts[s] {
+				t.Errorf("%s: zeroscaler_workloads{state=%q} = %v, want %v", when, s, got, counts[s])
+			}
+		}
+	}
+	hs := newHarness(t, false, deployment("web", 3, nil), deployment("p", 3, nil), deployment("i", 3, nil))
+	hs.prom.set("q", active)
+	hs.h.Sync(managed("web"))
+	stop := hs.run()
+
+	hs.tick(1)
+	want(hs, "active", map[string]float64{StateAwake: 1})
+	hs.prom.set("q", idle)
+	hs.tick(1)
+	want(hs, "cooling down", map[string]float64{StateIdle: 1})
+	hs.ticks(3)
+	want(hs, "asleep", map[string]float64{StateAsleep: 1})
+	hs.prom.set("q", active)
+	hs.tick(1)
+	want(hs, "woken", map[string]float64{StateAwake: 1})
+
+	hs.h.Sync(managed("p", func(c *Config) { c.Paused = true }))
+	hs.h.Sync(Config{Ref: ref("i"), Mode: Invalid, Err: errors.New("annotation zeroscaler.io/query: \"\" is empty")})
+	eventually(t, "the paused and invalid loops", func() bool {
+		return hs.gauge(StatePaused) == 1 && hs.gauge(StateInvalid) == 1
+	})
+	hs.parked(2)
+	hs.clock.Step(0) // the invalid loop's check: nothing to wake
+	hs.parked(1)
+	hs.tick(1)
+	want(hs, "with a paused and an invalid workload", map[string]float64{StateAwake: 1, StatePaused: 1, StateInvalid: 1})
+
+	hs.h.Forget(ref("p"))
+	eventually(t, "the paused loop to stop", func() bool { return hs.gauge(StatePaused) == 0 })
+	stop()
+	want(hs, "after Run returned", nil)
+}
+
+// firstCheck puts the checks of one question on a fixed grid: identical
+// questions check together, different ones are spread over the period.
+func TestFirstCheck(t *testing.T) {
+	question := func(server, query string, headers map[string]string) Config {
+		return Config{
+			PollingPeriod: period,
+			Metadata:      scaler.Metadata{ServerAddress: server, Query: query, Headers: headers, Threshold: 1},
+		}
+	}
+	epoch := time.Unix(0, 0)
+	phase := func(at time.Time) time.Duration { return at.Sub(epoch) % period }
+	nows := []time.Time{
+		start,
+		start.Add(1234 * time.Millisecond),
+		start.Add(period - time.Nanosecond),
+		start.Truncate(period),
+		start.Add(7 * period),
+	}
+
+	t.Run("on the question's grid, within one period", func(t *testing.T) {
+		cfg := question("http://prom:9090", "sum(rate(x[1m]))", nil)
+		want := phase(firstCheck(start, cfg))
+		for _, now := range nows {
+			got := firstCheck(now, cfg)
+			if !got.After(now) || got.Sub(now) > period {
+				t.Errorf("firstCheck(%s) = %s, want within (now, now+%s]", now, got, period)
+			}
+			if p := phase(got); p != want {
+				t.Errorf("firstCheck(%s) phase = %s, want %s", now, p, want)
+			}
+		}
+		// Exactly on the grid: the next grid point, never now.
+		on := firstCheck(start, cfg)
+		if got := firstCheck(on, cfg); !got.Equal(on.Add(period)) {
+			t.Errorf("firstCheck(on the grid %s) = %s, want %s", on, got, on.Add(period))
+		}
+	})
+
+	t.Run("identical questions align", func(t *testing.T) {
+		a := question("http://prom:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "a"})
+		b := a
+		b.Ref = Ref{GroupVersionKind: statefulSetGVK, Namespace: "other", Name: "db"}
+		b.CooldownPeriod, b.MinReplicas, b.Metadata.Threshold = time.Hour, 3, 7
+		for _, now := range nows {
+			if x, y := firstCheck(now, a), firstCheck(now, b); !x.Equal(y) {
+				t.Errorf("at %s: %s and %s for the same question", now, x, y)
+			}
+		}
+	})
+
+	t.Run("different questions spread", func(t *testing.T) {
+		base := question("http://prom:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "a"})
+		others := map[string]Config{
+			"server":  question("http://other:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "a"}),
+			"query":   question("http://prom:9090", "sum(up) ", map[string]string{"X-Scope-OrgID": "a"}),
+			"headers": question("http://prom:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "b"}),
+		}
+		for what, o := range others {
+			if phase(firstCheck(start, o)) == phase(firstCheck(start, base)) {
+				t.Errorf("a different %s gives the same phase", what)
+			}
+		}
+		phases := map[time.Duration]bool{}
+		const n = 50
+		for i := range n {
+			phases[phase(firstCheck(start, question("", fmt.Sprintf("sum(rate(q%d[1m]))", i), nil)))] = true
+		}
+		if len(phases) < n {
+			t.Errorf("%d distinct queries share %d phases, want %d", n, len(phases), n)
+		}
+		// Spread over the period, not bunched in one part of it.
+		var early int
+		for p := range phases {
+			if p < period/2 {
+				early++
+			}
+		}
+		if early < n/5 || early > n*4/5 {
+			t.Errorf("%d of %d phases in the first half of the period, want them spread", early, n)
+		}
+	})
+}
+
+func TestConfigEqual(t *testing.T) {
+	base := managed("web", func(c *Config) { c.Metadata.Headers = map[string]string{"A": "1"} })
+	tests := []struct {
+		name  string
+		other Config
+		want  bool
+	}{
+		{name: "same values", other: managed("web", func(c *Config) { c.Metadata.Headers = map[string]string{"A": "1"} }), want: true},
+		{name: "other header value", other: managed("web", func(c *Config) { c.Metadata.Headers = map[string]string{"A": "2"} })},
+		{name: "other cooldown", other: managed("web", func(c *Config) { c.Metadata.Headers = map[string]string{"A": "1"}; c.CooldownPeriod = time.Hour })},
+		{name: "other workload", other: managed("api", func(c *Config) { c.Metadata.Headers = map[string]string{"A": "1"} })},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := base.Equal(tc.other); got != tc.want {
+				t.Errorf("Equal = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	t.Run("errors compared by message", func(t *testing.T) {
+		a := Config{Ref: ref("web"), Mode: Invalid, Err: errors.New("annotation x: bad")}
+		if b := (Config{Ref: ref("web"), Mode: Invalid, Err: errors.New("annotation x: bad")}); !a.Equal(b) {
+			t.Error("equal messages: not Equal")
+		}
+		if b := (Config{Ref: ref("web"), Mode: Invalid, Err: errors.New("annotation y: bad")}); a.Equal(b) {
+			t.Error("different messages: Equal")
+		}
+		if b := (Config{Ref: ref("web"), Mode: Invalid}); a.Equal(b) {
+			t.Error("error and no error: Equal")
+		}
+	})
+}
+
+func TestParseOriginalReplicas(t *testing.T) {
+	tests := []struct {
+		value   *string
+		want    int32
+		ok, err bool
+	}{
+		{value: nil},
+		{value: ptr("3"), want: 3, ok: true},
+		{value: ptr("0"), ok: true, err: true},
+		{value: ptr("-1"), ok: true, err: true},
+		{value: ptr("three"), ok: true, err: true},
+		{value: ptr("99999999999"), ok: true, err: true},
+	}
+	for _, tc := range tests {
+		name := "absent"
+		a := map[string]string{}
+		if tc.value != nil {
+			name = *tc.value
+			a[AnnotationOriginalReplicas] = *tc.value
+		}
+		t.Run(name, func(t *testing.T) {
+			n, ok, err := ParseOriginalReplicas(a)
+			if n != tc.want || ok != tc.ok || (err != nil) != tc.err {
+				t.Errorf("= %d, %v, %v; want %d, %v, error %v", n, ok, err, tc.want, tc.ok, tc.err)
+			}
+		})
+	}
+}
