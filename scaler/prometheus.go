@@ -36,8 +36,8 @@ type prometheusScaler struct {
 	defaultHeaders map[string]string
 
 	servers *Servers
-	// headers is what every request of this scaler carries: the default
-	// headers (default server only) under the workload's own.
+	// headers is what every request of this scaler carries: the workload's
+	// own under the default headers (default server only).
 	headers map[string]string
 
 	mu   sync.Mutex
@@ -65,8 +65,10 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 	if md.ServerAddress == servers.defaultAddress {
 		s.defaultHeaders = servers.defaultHeaders
 	}
-	maps.Copy(s.headers, s.defaultHeaders)
+	// The operator's headers win over a workload's of the same name, so
+	// that a header fencing tenants (X-Scope-OrgID) cannot be overridden.
 	maps.Copy(s.headers, md.Headers)
+	maps.Copy(s.headers, s.defaultHeaders)
 	return s, nil
 }
 

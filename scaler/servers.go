@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -58,7 +59,7 @@ type FileConfig struct {
 // ServerConfig is one Prometheus server and the client configuration used
 // for it alone, in the format Prometheus itself uses for scrape targets.
 type ServerConfig struct {
-	URL              string `yaml:"url"`
+	URL              string                  `yaml:"url"`
 	HTTPClientConfig config.HTTPClientConfig `yaml:",inline"`
 }
 
@@ -101,8 +102,12 @@ func NewServers(o Options) (*Servers, error) {
 	if o.MaxConcurrentQueries < 1 {
 		return nil, fmt.Errorf("max concurrent queries must be at least 1, got %d", o.MaxConcurrentQueries)
 	}
+	headers := make(map[string]string, len(o.Headers))
+	for k, v := range o.Headers {
+		headers[http.CanonicalHeaderKey(k)] = v
+	}
 	s := &Servers{
-		defaultHeaders: o.Headers,
+		defaultHeaders: headers,
 		byAddress:      map[string]*server{},
 		timeout:        o.QueryTimeout,
 		shareWindow:    o.ShareWindow,
@@ -153,6 +158,9 @@ func NewServers(o Options) (*Servers, error) {
 		}
 	} else {
 		cfg := config.DefaultHTTPClientConfig
+		// A redirect would carry the flag credentials (the bearer token
+		// and --prometheus-header) to another server.
+		cfg.FollowRedirects = false
 		if o.BearerTokenFile != "" {
 			cfg.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: o.BearerTokenFile}
 		}
@@ -401,13 +409,14 @@ func questionKey(promql string, headers map[string]string) string {
 		names = append(names, k)
 	}
 	sort.Strings(names)
+	// Quoted, so that no query can spell another question's headers.
 	var b strings.Builder
-	b.WriteString(promql)
+	b.WriteString(strconv.Quote(promql))
 	for _, k := range names {
-		b.WriteByte(0)
-		b.WriteString(k)
+		b.WriteByte(' ')
+		b.WriteString(strconv.Quote(k))
 		b.WriteByte('=')
-		b.WriteString(headers[k])
+		b.WriteString(strconv.Quote(headers[k]))
 	}
 	return b.String()
 }
