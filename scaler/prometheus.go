@@ -3,7 +3,6 @@ package scaler
 import (
 	"context"
 	"fmt"
-	"maps"
 	"net/http"
 	"sync"
 	"time"
@@ -67,8 +66,11 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 	}
 	// The operator's headers win over a workload's of the same name, so
 	// that a header fencing tenants (X-Scope-OrgID) cannot be overridden.
-	maps.Copy(s.headers, md.Headers)
-	maps.Copy(s.headers, s.defaultHeaders)
+	for _, h := range []map[string]string{md.Headers, s.defaultHeaders} {
+		for k, v := range h {
+			s.headers[http.CanonicalHeaderKey(k)] = v
+		}
+	}
 	return s, nil
 }
 
