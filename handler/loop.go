@@ -171,7 +171,11 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	asleep := ours && w.Replicas == 0
 
 	if st.cfg.Mode != Managed {
-		// Wake it once if we put it to sleep, then there is nothing to do.
+		// Wake it once if we put it to sleep, clear marks left behind, then
+		// there is nothing to do.
+		if w.Replicas != 0 && ours {
+			return h.clearMarks(ctx, w, w.ResourceVersion) == nil
+		}
 		if w.Replicas != 0 || (!ours && st.cfg.WakeTo == 0) {
 			return true
 		}

@@ -440,7 +440,12 @@ func TestReleased(t *testing.T) {
 			wantEvents: [][]string{{"Normal ScaledFromZero woke because the zeroscaler.io/query annotation was removed"}},
 		},
 		{name: "at zero, not put there by zeroscaler", obj: deployment("web", 0, nil)},
-		{name: "already running", obj: deployment("web", 2, asleep("3"))},
+		{
+			// Marks left on a running workload (woken by someone, or the
+			// mark removal of our own wake was cut off) are cleared.
+			name: "already running", obj: deployment("web", 2, asleep("3")),
+			wantWrites: []string{"annotate web -original-replicas -scaled-to-zero-at"},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

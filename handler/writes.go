@@ -113,10 +113,17 @@ func (h *ScaleHandler) writeFailed(st *loopState, direction string, err error) {
 	h.metrics.scaleOps.WithLabelValues(direction, result).Inc()
 }
 
+// writeTimeout bounds one write. Writes do not end with their loop: a loop
+// replaced or stopped mid-decision still finishes the write it began, so
+// that a decision is never cut in half by a configuration change.
+const writeTimeout = 30 * time.Second
+
 // annotate sets (or, for nil values, removes) annotations, provided the
 // workload is still at resourceVersion rv. It returns the new
 // resourceVersion.
 func (h *ScaleHandler) annotate(ctx context.Context, ref Ref, rv string, set map[string]*string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
 	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
 	if err != nil {
 		return "", fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
@@ -139,6 +146,8 @@ func (h *ScaleHandler) annotate(ctx context.Context, ref Ref, rv string, set map
 // scale sets replicas through the scale subresource, provided the workload
 // is still at resourceVersion rv. It returns the new resourceVersion.
 func (h *ScaleHandler) scale(ctx context.Context, ref Ref, rv string, replicas int32) (string, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
 	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
 	if err != nil {
 		return "", fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)

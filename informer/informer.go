@@ -136,13 +136,14 @@ func (i *Informer) changed(gvk schema.GroupVersionKind, oldObj, obj any) {
 	}
 	// Not (or no longer) managed. If we put it to sleep, it must be woken:
 	// with its recorded count, or the one its previous version carried if
-	// the user removed every zeroscaler annotation at once.
+	// the user removed every zeroscaler annotation at once. Marks left on a
+	// running workload are cleared.
 	_, marked, _ := w.OriginalReplicas()
 	var wakeTo int32
 	if old, ok := toWorkload(gvk, oldObj); ok {
 		wakeTo, _, _ = old.OriginalReplicas()
 	}
-	if w.Replicas == 0 && (marked || wakeTo > 0) {
+	if marked || (w.Replicas == 0 && wakeTo > 0) {
 		i.handler.Sync(handler.Config{Ref: w.Ref, Mode: handler.Released, WakeTo: wakeTo})
 		return
 	}

@@ -375,7 +375,8 @@ func TestChanged(t *testing.T) {
 			name: "running workload with stale marks loses its query",
 			old:  fullDeployment("web", int32p(2), merge(managedAnnotations, sleeping(nil))),
 			obj:  fullDeployment("web", int32p(2), sleeping(nil)),
-			want: []handlerCall{{forget: true, ref: web}},
+			// Released, so that the handler clears the stale marks.
+			want: []handlerCall{{cfg: handler.Config{Ref: web, Mode: handler.Released, WakeTo: 3}}},
 		},
 		{
 			name: "at zero, never put there by zeroscaler, loses its annotations",
