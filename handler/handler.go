@@ -112,6 +112,12 @@ func New(o Options) *ScaleHandler {
 // Sync records a workload's configuration. Its loop is (re)started only if
 // the configuration differs from the one it runs.
 func (h *ScaleHandler) Sync(cfg Config) {
+	if h.watchNamespace != "" && cfg.Namespace != h.watchNamespace {
+		// The informers are scoped already; this keeps a wiring mistake
+		// from ever acting outside the namespace the operator chose.
+		h.logger.Warn("ignoring a workload outside --watch-namespace", zap.String("key", cfg.Key()))
+		return
+	}
 	key := cfg.Key()
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -3,6 +3,7 @@ package handler
 import (
 	"errors"
 	"fmt"
+	"go.uber.org/zap"
 	"testing"
 	"time"
 
@@ -278,5 +279,17 @@ func TestParseOriginalReplicas(t *testing.T) {
 				t.Errorf("= %d, %v, %v; want %d, %v, error %v", n, ok, err, tc.want, tc.ok, tc.err)
 			}
 		})
+	}
+}
+
+// A handler limited to one namespace never runs a loop for another, even if
+// told to.
+func TestSyncOutsideWatchNamespace(t *testing.T) {
+	h := New(Options{Logger: zap.NewNop(), WatchNamespace: "a"})
+	h.Sync(Config{Ref: Ref{GroupVersionKind: deploymentGVK, Namespace: "b", Name: "web"}, Mode: Managed})
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.wanted) != 0 {
+		t.Errorf("wanted = %v, want nothing outside namespace a", h.wanted)
 	}
 }
