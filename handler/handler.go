@@ -173,8 +173,10 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 	r := &running{cancel: cancel, done: make(chan struct{})}
 	h.loops[cfg.Key()] = r
 	h.loopsWG.Add(1)
+	h.metrics.loops.Inc()
 	go func() {
 		defer h.loopsWG.Done()
+		defer h.metrics.loops.Dec()
 		defer close(r.done)
 		defer cancel()
 		h.loop(ctx, cfg)

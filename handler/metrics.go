@@ -8,6 +8,7 @@ import (
 
 // Metrics are what the daemon tells about itself on /metrics.
 type Metrics struct {
+	loops     prometheus.Gauge
 	workloads *prometheus.GaugeVec
 	scaleOps  *prometheus.CounterVec
 	apiWrites prometheus.Counter
@@ -22,6 +23,10 @@ type Metrics struct {
 // nil.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
+		loops: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "zeroscaler_loops",
+			Help: "Workload loops running; each makes its first check at its own moment within its polling interval.",
+		}),
 		workloads: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "zeroscaler_workloads",
 			Help: "Workloads with a running loop, by state: awake, idle (cooling down), asleep, paused, invalid.",
@@ -54,7 +59,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.Leader)
+		reg.MustRegister(m.loops, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.Leader)
 	}
 	return m
 }
