@@ -74,7 +74,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		ConfigFile:           o.prometheusConfig,
 		QueryTimeout:         o.queryTimeout,
 		MaxConcurrentQueries: o.maxConcurrentQueries,
-		ShareWindow:          time.Second,
+		ShareWindow:          500 * time.Millisecond,
 		ObserveQuery:         metrics.ObserveQuery,
 	})
 	if err != nil {

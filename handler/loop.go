@@ -184,7 +184,8 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 			reason = "its scaling configuration is invalid"
 		}
 		target := h.wakeTarget(st, original, origErr)
-		return h.wake(ctx, st, w, target, ReasonScaledFromZero, "woke because "+reason) == nil
+		msg := fmt.Sprintf("scaled 0 → %d: woke because %s", target, reason)
+		return h.wake(ctx, st, w, target, ReasonScaledFromZero, msg) == nil
 	}
 
 	if st.lastReplicas >= 0 && w.Replicas > st.lastReplicas {

@@ -427,7 +427,7 @@ func TestReleased(t *testing.T) {
 		{
 			name: "query removed from a sleeping workload", obj: deployment("web", 0, asleep("3")),
 			wantWrites: []string{"scale web 3", "annotate web -original-replicas -scaled-to-zero-at"},
-			wantEvents: [][]string{{"Normal ScaledFromZero woke because the zeroscaler.io/query annotation was removed"}},
+			wantEvents: [][]string{{"Normal ScaledFromZero scaled 0 → ", ": woke because the zeroscaler.io/query annotation was removed"}},
 		},
 		{
 			name: "marks kept win over the remembered count", obj: deployment("web", 0, asleep("3")), wakeTo: 5,
@@ -437,7 +437,7 @@ func TestReleased(t *testing.T) {
 		{
 			name: "every annotation removed: wakes to the remembered count", obj: deployment("web", 0, nil), wakeTo: 4,
 			wantWrites: []string{"scale web 4", "annotate web -original-replicas -scaled-to-zero-at"},
-			wantEvents: [][]string{{"Normal ScaledFromZero woke because the zeroscaler.io/query annotation was removed"}},
+			wantEvents: [][]string{{"Normal ScaledFromZero scaled 0 → ", ": woke because the zeroscaler.io/query annotation was removed"}},
 		},
 		{name: "at zero, not put there by zeroscaler", obj: deployment("web", 0, nil)},
 		{
@@ -567,7 +567,7 @@ func TestInvalidConfigWakes(t *testing.T) {
 	wantStrings(t, "writes", hs.waitWrites(2), []string{"scale web 3", "annotate web -original-replicas -scaled-to-zero-at"})
 	wantEvents(t, hs.takeEvents(),
 		[]string{"Warning InvalidScalingConfig", "paused", "is not a boolean"},
-		[]string{"Normal ScaledFromZero woke because its scaling configuration is invalid"})
+		[]string{"Normal ScaledFromZero scaled 0 → 3: woke because its scaling configuration is invalid"})
 }
 
 // What the informer cannot check (the scaler cannot be built) is told like

@@ -43,13 +43,21 @@ type Options struct {
 	// MaxConcurrentQueries bounds requests in flight to one server.
 	MaxConcurrentQueries int
 	// ShareWindow is how long one answer serves every workload asking the
-	// same question of the same server with the same headers.
+	// same question of the same server with the same headers. Workloads
+	// asking the same question check at the same moments (see the handler's
+	// firstCheck), so it only needs to cover those moments; it must stay
+	// below MaxShareWindow so that no workload ever decides on its own
+	// previous answer.
 	ShareWindow time.Duration
 	// Clock is injected by tests.
 	Clock clock.PassiveClock
 	// ObserveQuery, if set, is told about every request actually sent.
 	ObserveQuery func(server, result string, took time.Duration)
 }
+
+// MaxShareWindow is the shortest polling interval allowed; the share window
+// must be shorter.
+const MaxShareWindow = time.Second
 
 // FileConfig is the format of --prometheus-config.
 type FileConfig struct {
@@ -98,6 +106,9 @@ type answer struct {
 func NewServers(o Options) (*Servers, error) {
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
+	}
+	if o.ShareWindow >= MaxShareWindow {
+		return nil, fmt.Errorf("share window %s must be shorter than %s, the shortest polling interval", o.ShareWindow, MaxShareWindow)
 	}
 	if o.MaxConcurrentQueries < 1 {
 		return nil, fmt.Errorf("max concurrent queries must be at least 1, got %d", o.MaxConcurrentQueries)
@@ -329,7 +340,7 @@ func (s *Servers) ask(srv *server, headers map[string]string, promql string) ans
 	case <-ctx.Done():
 		err := fmt.Errorf("wait for a free query slot: %w", ctx.Err())
 		s.record(srv, err, started)
-		return answer{err: err, at: s.clock.Now()}
+		return answer{err: err, at: started}
 	}
 	defer func() { <-srv.slots }()
 
@@ -342,7 +353,9 @@ func (s *Servers) ask(srv *server, headers map[string]string, promql string) ans
 		err = fmt.Errorf("query %s: %w", srv.address, err)
 	}
 	s.record(srv, err, started)
-	return answer{value: f, err: err, at: s.clock.Now()}
+	// An answer is as old as its question: stamped when it was asked, a
+	// check one polling interval later never takes it for fresh.
+	return answer{value: f, err: err, at: started}
 }
 
 func (s *Servers) record(srv *server, err error, started time.Time) {

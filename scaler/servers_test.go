@@ -377,7 +377,7 @@ func (c *countingStub) total() int {
 }
 
 func TestSharing(t *testing.T) {
-	const window = time.Second
+	const window = 500 * time.Millisecond
 	// The answer depends on the tenant, so a shared answer across tenants
 	// would show as a wrong decision.
 	stub := newCountingStub(t, func(r *http.Request) string {
@@ -522,7 +522,7 @@ func TestSharingErrors(t *testing.T) {
 	})
 	clock := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
 	servers := mustServers(t, testOptions(stub.URL, func(o *Options) {
-		o.ShareWindow = time.Second
+		o.ShareWindow = 500 * time.Millisecond
 		o.Clock = clock
 	}))
 	for range 5 {
@@ -691,5 +691,35 @@ func TestResultKind(t *testing.T) {
 		if got := ResultKind(tt.err); got != tt.want {
 			t.Errorf("ResultKind(%v) = %q, want %q", tt.err, got, tt.want)
 		}
+	}
+}
+
+// An answer is stamped when it was asked, so a workload polling at the
+// shortest interval asks again at every check even if the answer took a
+// while, and a share window of a second or more is refused.
+func TestAnswerStampedWhenAsked(t *testing.T) {
+	clock := clocktesting.NewFakeClock(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	var n atomic.Int32
+	stub := newPromStub(t, func(w http.ResponseWriter, r *http.Request) {
+		n.Add(1)
+		clock.Step(300 * time.Millisecond) // the answer takes a while
+		reply(200, vector("1"))(w, r)
+	})
+	servers := mustServers(t, testOptions(stub.URL, func(o *Options) {
+		o.ShareWindow = 500 * time.Millisecond
+		o.Clock = clock
+	}))
+	s := mustNew(t, servers, Metadata{Query: "q", Threshold: 1}, time.Minute)
+	for i := range 4 {
+		if _, err := s.ShouldScaleFromZero(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := int(n.Load()); got != i+1 {
+			t.Fatalf("after %d checks one interval apart, %d requests; want %d", i+1, got, i+1)
+		}
+		clock.Step(time.Second - 300*time.Millisecond) // next check, 1s after the last began
+	}
+	if _, err := NewServers(testOptions(stub.URL, func(o *Options) { o.ShareWindow = time.Second })); err == nil {
+		t.Error("a share window of 1s was accepted")
 	}
 }
