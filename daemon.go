@@ -119,14 +119,20 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		return err
 	}
 	defer func() {
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), metricsShutdownTimeout)
 		defer cancel()
 		_ = srv.Shutdown(shutdownCtx)
 	}()
 
-	inf.Start(ctx)
-	defer inf.Shutdown()
-	if !inf.WaitForCacheSync(ctx) {
+	// The informers get a context of their own: when leadership is lost, run
+	// returns while ctx is still live, and Shutdown waits for them to stop.
+	infCtx, stopInformers := context.WithCancel(ctx)
+	inf.Start(infCtx)
+	defer func() {
+		stopInformers()
+		inf.Shutdown()
+	}()
+	if !inf.WaitForCacheSync(infCtx) {
 		return ctx.Err()
 	}
 	log.Info("caches synced; watching workloads",
@@ -140,6 +146,9 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	}
 	return lead(ctx, o, client, log, metrics, h.Run)
 }
+
+// metricsShutdownTimeout bounds the wait for scrapes in flight at exit.
+const metricsShutdownTimeout = 3 * time.Second
 
 // lead runs work while this replica holds the Lease. It returns when ctx
 // ends or when leadership is lost. Either way it stops work and waits for it

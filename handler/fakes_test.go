@@ -328,6 +328,9 @@ func (w *world) writeActions() int {
 type reading struct {
 	value float64
 	err   error
+	// block makes the query hang until its context ends, as a query in
+	// flight when the loop stops.
+	block bool
 }
 
 var (
@@ -411,13 +414,21 @@ func (d *fakeDecider) read(method string) reading {
 	return r
 }
 
-func (d *fakeDecider) ShouldScaleToZero(context.Context) (bool, error) {
+func (d *fakeDecider) ShouldScaleToZero(ctx context.Context) (bool, error) {
 	r := d.read("ShouldScaleToZero")
+	if r.block {
+		<-ctx.Done()
+		return false, fmt.Errorf("query q: %w", ctx.Err())
+	}
 	return r.err == nil && r.value < d.md.Threshold, r.err
 }
 
-func (d *fakeDecider) ShouldScaleFromZero(context.Context) (bool, error) {
+func (d *fakeDecider) ShouldScaleFromZero(ctx context.Context) (bool, error) {
 	r := d.read("ShouldScaleFromZero")
+	if r.block {
+		<-ctx.Done()
+		return false, fmt.Errorf("query q: %w", ctx.Err())
+	}
 	return r.err == nil && r.value >= d.md.Threshold, r.err
 }
 

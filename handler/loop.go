@@ -51,6 +51,10 @@ type loopState struct {
 	// outage is told once, not at every check.
 	lastProblem string
 
+	// unhealthy is set while the health check keeps a cooled-down workload
+	// awake, so that it is logged once.
+	unhealthy bool
+
 	// sleepFailed is set when this loop recorded the original count but
 	// could not scale to zero; the next check retries the sleep instead of
 	// treating the marks as a wake by someone else.
@@ -103,14 +107,16 @@ func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
 	case cfg.Mode == Managed:
 		d, err := h.newDecider(cfg)
 		if err != nil {
-			// The informer checks what it can; this is what it cannot.
+			// The informer checks what it can; this is what it cannot. Treat
+			// it as any invalid configuration: a sleeping workload is woken.
+			cfg.Mode, cfg.Err = Invalid, err
+			st.cfg = cfg
 			h.setState(st, StateInvalid)
 			st.log.Error("cannot build scaler", zap.Error(err))
 			if w, ok := h.lister.Get(cfg.Ref); ok {
 				h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, err.Error())
 			}
-			<-ctx.Done()
-			return
+			break
 		}
 		defer d.Close(context.Background())
 		st.decider = d
@@ -223,6 +229,9 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 
 func (h *ScaleHandler) checkAwake(ctx context.Context, st *loopState, w Workload, now time.Time) {
 	idle, err := st.decider.ShouldScaleToZero(ctx)
+	if ctx.Err() != nil {
+		return // the loop is stopping: that is not a reading
+	}
 	if err != nil || !idle {
 		st.idleSince = now
 		st.sleepFailed = false
@@ -241,11 +250,20 @@ func (h *ScaleHandler) checkAwake(ctx context.Context, st *loopState, w Workload
 		return
 	}
 	healthy, err := st.decider.IsHealthy(ctx)
+	if ctx.Err() != nil {
+		return
+	}
 	if err != nil || !healthy {
-		st.log.Info("idle for the cooldown period, but Prometheus did not see its targets up for the whole window; not scaling down",
+		log := st.log.Debug
+		if !st.unhealthy {
+			log = st.log.Info // told once per stretch, not at every check
+		}
+		st.unhealthy = true
+		log("idle for the cooldown period, but Prometheus did not see its targets up for the whole window; not scaling down",
 			zap.Stringer("reading", st.decider.LastReading()), zap.Error(err))
 		return
 	}
+	st.unhealthy = false
 	msg := fmt.Sprintf("scaled %d → 0: %s for %s", w.Replicas, st.decider.LastReading(), idleFor.Round(time.Second))
 	if err := h.sleep(ctx, st, w, now, msg); err != nil {
 		return
@@ -255,7 +273,15 @@ func (h *ScaleHandler) checkAwake(ctx context.Context, st *loopState, w Workload
 
 func (h *ScaleHandler) checkAsleep(ctx context.Context, st *loopState, w Workload, original int32, origErr error) {
 	active, err := st.decider.ShouldScaleFromZero(ctx)
-	target := h.wakeTarget(st, original, origErr)
+	if ctx.Err() != nil {
+		// The loop is stopping (shutdown, lost leadership, a new
+		// configuration): a cancelled query is not a failed Prometheus.
+		return
+	}
+	var target int32
+	if err != nil || active {
+		target = h.wakeTarget(st, original, origErr)
+	}
 	switch {
 	case errors.Is(err, scaler.ErrNoData):
 		h.reportProblem(st, w, err)

@@ -662,3 +662,31 @@ func TestStatefulSet(t *testing.T) {
 		[]string{"ScaledToZero", "involvedObject{kind=StatefulSet,apiVersion=apps/v1}"},
 		[]string{"ScaledFromZero", "involvedObject{kind=StatefulSet,apiVersion=apps/v1}"})
 }
+
+// A query cut short because its loop stops (shutdown, lost leadership, a
+// new configuration) is not a Prometheus failure: a sleeping workload is not
+// woken and an awake one writes nothing.
+func TestStoppingMidQueryWakesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		replicas int32
+		marks    map[string]string
+		method   string
+	}{
+		{"asleep", 0, asleep("3"), "ShouldScaleFromZero"},
+		{"awake", 3, nil, "ShouldScaleToZero"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hs := newHarness(t, false, deployment("web", tc.replicas, tc.marks))
+			hs.prom.set("q", reading{block: true})
+			hs.h.Sync(managed("web"))
+			stop := hs.run()
+			hs.parked(1)
+			hs.clock.Step(period)
+			eventually(t, "the query to be in flight", func() bool { return hs.prom.called(tc.method) == 1 })
+			stop()
+			wantStrings(t, "writes", hs.world.takeWrites(), nil)
+			wantEvents(t, hs.takeEvents())
+		})
+	}
+}

@@ -115,8 +115,10 @@ func (h *ScaleHandler) writeFailed(st *loopState, direction string, err error) {
 
 // writeTimeout bounds one write. Writes do not end with their loop: a loop
 // replaced or stopped mid-decision still finishes the write it began, so
-// that a decision is never cut in half by a configuration change.
-const writeTimeout = 30 * time.Second
+// that a decision is never cut in half by a configuration change. It stays
+// well below the leader election renew deadline (10s) and the pod's grace
+// period (15s).
+const writeTimeout = 5 * time.Second
 
 // annotate sets (or, for nil values, removes) annotations, provided the
 // workload is still at resourceVersion rv. It returns the new

@@ -6,6 +6,7 @@ package informer
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -70,7 +71,11 @@ func (i *Informer) Notify(h Handler) error {
 	for gvk, inf := range i.byKind {
 		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { i.changed(gvk, nil, obj) },
-			UpdateFunc: func(old, obj any) { i.changed(gvk, old, obj) },
+			UpdateFunc: func(old, obj any) {
+				if !sameForDaemon(gvk, old, obj) {
+					i.changed(gvk, old, obj)
+				}
+			},
 			DeleteFunc: func(obj any) { i.deleted(gvk, obj) },
 		})
 		if err != nil {
@@ -157,6 +162,14 @@ func (i *Informer) deleted(gvk schema.GroupVersionKind, obj any) {
 	if w, ok := toWorkload(gvk, obj); ok {
 		i.handler.Forget(w.Ref)
 	}
+}
+
+// sameForDaemon reports whether an update changed nothing the daemon reads
+// (status-only updates, resyncs): no parsing, no locking for those.
+func sameForDaemon(gvk schema.GroupVersionKind, oldObj, obj any) bool {
+	o, ok1 := toWorkload(gvk, oldObj)
+	n, ok2 := toWorkload(gvk, obj)
+	return ok1 && ok2 && o.Replicas == n.Replicas && maps.Equal(o.Annotations, n.Annotations)
 }
 
 // lean is the informers' transform: it keeps only what the daemon reads
