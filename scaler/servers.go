@@ -211,6 +211,8 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 			return nil, fmt.Errorf("prometheus config %s: servers[%d].url is empty", path, i)
 		}
 		sc.HTTPClientConfig.SetDirectory(filepath.Dir(path))
+		// A redirect would carry this server's credentials elsewhere.
+		sc.HTTPClientConfig.FollowRedirects = false
 		if err := sc.HTTPClientConfig.Validate(); err != nil {
 			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
 		}

@@ -154,11 +154,17 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 			return fmt.Errorf("the story did not finish: %w (daemon log: %s)", ctx.Err(), daemon.LogPath)
 		case <-daemon.Done():
 			return fmt.Errorf("zeroscaler exited early; its log:\n%s", daemon.Output())
-		case ev := <-events.ResultChan():
+		case ev, open := <-events.ResultChan():
+			if !open {
+				return errors.New("the event watch closed")
+			}
 			if e, ok := ev.Object.(*corev1.Event); ok && ev.Type == watch.Added {
 				line(ctx, stack, replicas, fmt.Sprintf("zeroscaler: %s — %s", e.Reason, e.Message))
 			}
-		case ev := <-w.ResultChan():
+		case ev, open := <-w.ResultChan():
+			if !open {
+				return errors.New("the deployment watch closed")
+			}
 			d, ok := ev.Object.(*appsv1.Deployment)
 			if !ok || d.Spec.Replicas == nil || *d.Spec.Replicas == replicas {
 				continue
