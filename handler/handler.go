@@ -81,7 +81,6 @@ type ScaleHandler struct {
 
 type running struct {
 	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // New returns a ScaleHandler; call Run to start its loops.
@@ -170,14 +169,22 @@ func (h *ScaleHandler) Running() int {
 
 func (h *ScaleHandler) startLocked(cfg Config) {
 	ctx, cancel := context.WithCancel(h.runCtx)
-	r := &running{cancel: cancel, done: make(chan struct{})}
-	h.loops[cfg.Key()] = r
+	r := &running{cancel: cancel}
+	key := cfg.Key()
+	h.loops[key] = r
 	h.loopsWG.Add(1)
 	h.metrics.loops.Inc()
 	go func() {
 		defer h.loopsWG.Done()
 		defer h.metrics.loops.Dec()
-		defer close(r.done)
+		defer func() {
+			// A loop that ended by itself (nothing left to do) leaves.
+			h.mu.Lock()
+			if h.loops[key] == r {
+				delete(h.loops, key)
+			}
+			h.mu.Unlock()
+		}()
 		defer cancel()
 		h.loop(ctx, cfg)
 	}()

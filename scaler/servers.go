@@ -94,6 +94,7 @@ type server struct {
 
 	mu      sync.Mutex
 	answers map[string]answer
+	swept   time.Time // when stale answers were last dropped
 }
 
 type answer struct {
@@ -303,9 +304,7 @@ func (s *Servers) query(ctx context.Context, addr string, headers map[string]str
 			return a, nil
 		}
 		a := s.ask(srv, headers, promql)
-		srv.mu.Lock()
-		srv.answers[key] = a
-		srv.mu.Unlock()
+		srv.keep(key, a, s.shareWindow)
 		return a, nil
 	})
 	select {
@@ -315,6 +314,23 @@ func (s *Servers) query(ctx context.Context, addr string, headers map[string]str
 		a := r.Val.(answer)
 		return a.value, a.err
 	}
+}
+
+// keep stores an answer and, once a minute, drops the stale ones, so that
+// questions nobody asks any more (a changed query) do not pile up.
+func (srv *server) keep(key string, a answer, window time.Duration) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	srv.answers[key] = a
+	if a.at.Sub(srv.swept) < time.Minute {
+		return
+	}
+	for k, old := range srv.answers {
+		if a.at.Sub(old.at) >= window {
+			delete(srv.answers, k)
+		}
+	}
+	srv.swept = a.at
 }
 
 func (srv *server) fresh(key string, now time.Time, window time.Duration) (answer, bool) {
