@@ -57,8 +57,10 @@ func (o *options) flags(name string) *pflag.FlagSet {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig. Empty: in-cluster config, else $KUBECONFIG or ~/.kube/config.")
 	fs.StringVar(&o.watchNamespace, "watch-namespace", "", "Namespace to watch. Empty: all namespaces.")
 	fs.StringVar(&o.selector, "selector", "", "Label selector narrowing the workloads watched, e.g. team=web.")
-	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 50, "Sustained requests per second to the Kubernetes API.")
-	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 100, "Burst of requests to the Kubernetes API.")
+	// Nothing is written while nothing changes, so these limits only matter
+	// when many workloads wake at once: then they must not queue for long.
+	fs.Float32Var(&o.kubeAPIQPS, "kube-api-qps", 300, "Sustained requests per second to the Kubernetes API.")
+	fs.IntVar(&o.kubeAPIBurst, "kube-api-burst", 600, "Burst of requests to the Kubernetes API.")
 
 	fs.StringVar(&o.prometheusAddress, "prometheus-address", "http://localhost:9090", "Default Prometheus base URL; the only one that receives the credentials given by flags.")
 	fs.StringArrayVar(&o.allowedAddresses, "allowed-server-address", nil, "Other Prometheus base URL a workload may name in zeroscaler.io/server-address (repeatable). No credentials are sent to it.")

@@ -75,9 +75,13 @@ type ScaleHandler struct {
 	mu      sync.Mutex
 	wanted  map[string]Config
 	loops   map[string]*running
+	checks  chan<- func()   // served by Run's workers
 	runCtx  context.Context // nil unless Run is running
 	loopsWG sync.WaitGroup
 }
+
+// checkWorkers is how many checks run at once.
+const checkWorkers = 64
 
 type running struct {
 	cancel context.CancelFunc
@@ -142,8 +146,27 @@ func (h *ScaleHandler) Forget(ref Ref) {
 // Run starts a loop per workload and keeps loops in step with Sync and
 // Forget until ctx ends; then it stops every loop and waits for them.
 func (h *ScaleHandler) Run(ctx context.Context) {
+	// Checks run on a fixed pool of workers, not on the loops' own
+	// goroutines: a loop only waits on its timer, so its stack stays at
+	// the minimum however deep a check goes, and a herd of due checks
+	// queues instead of running all at once.
+	checks := make(chan func())
+	var workers sync.WaitGroup
+	for range checkWorkers {
+		workers.Go(func() {
+			for check := range checks {
+				check()
+			}
+		})
+	}
+	defer func() {
+		close(checks)
+		workers.Wait()
+	}()
+
 	h.mu.Lock()
 	h.runCtx = ctx
+	h.checks = checks
 	for _, cfg := range h.wanted {
 		h.startLocked(cfg)
 	}
@@ -152,7 +175,7 @@ func (h *ScaleHandler) Run(ctx context.Context) {
 	<-ctx.Done()
 
 	h.mu.Lock()
-	h.runCtx = nil
+	h.runCtx, h.checks = nil, nil
 	for key := range h.loops {
 		h.stopLocked(key)
 	}
@@ -170,7 +193,7 @@ func (h *ScaleHandler) Running() int {
 func (h *ScaleHandler) startLocked(cfg Config) {
 	ctx, cancel := context.WithCancel(h.runCtx)
 	r := &running{cancel: cancel}
-	key := cfg.Key()
+	key, checks := cfg.Key(), h.checks
 	h.loops[key] = r
 	h.loopsWG.Add(1)
 	h.metrics.loops.Inc()
@@ -186,7 +209,7 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 			h.mu.Unlock()
 		}()
 		defer cancel()
-		h.loop(ctx, cfg)
+		h.loop(ctx, cfg, checks)
 	}()
 }
 
@@ -200,6 +223,9 @@ func (h *ScaleHandler) stopLocked(key string) {
 }
 
 func (h *ScaleHandler) lock(key string) *sync.Mutex {
+	if m, ok := h.scaleLocks.Load(key); ok {
+		return m.(*sync.Mutex)
+	}
 	m, _ := h.scaleLocks.LoadOrStore(key, &sync.Mutex{})
 	return m.(*sync.Mutex)
 }

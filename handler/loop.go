@@ -39,6 +39,7 @@ const retryPeriod = 30 * time.Second
 // survive a restart: a new loop simply starts a new cooldown.
 type loopState struct {
 	cfg     Config
+	checks  chan<- func()
 	decider Decider
 	log     *zap.Logger
 	state   string
@@ -83,10 +84,13 @@ func (v *dryView) apply(w Workload) Workload {
 
 // loop checks one workload on its grid until ctx ends or there is nothing
 // left to do.
-func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
+func (h *ScaleHandler) loop(ctx context.Context, cfg Config, checks chan<- func()) {
 	st := &loopState{
-		cfg:          cfg,
-		log:          h.logger.With(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
+		cfg:    cfg,
+		checks: checks,
+		// Lazy: the fields are encoded on the first line logged, not for
+		// every one of thousands of quiet loops.
+		log:          h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
 		idleSince:    h.clock.Now(),
 		lastReplicas: -1,
 	}
@@ -139,7 +143,7 @@ func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
 		}
 		now := h.clock.Now()
 		h.metrics.loopLag.Observe(now.Sub(next).Seconds())
-		if done := h.check(ctx, st); done {
+		if done := h.checkOnWorker(ctx, st); done {
 			if cfg.Mode == Invalid {
 				<-ctx.Done() // keep counting it as invalid until it is fixed
 			}
@@ -149,6 +153,17 @@ func (h *ScaleHandler) loop(ctx context.Context, cfg Config) {
 			next = next.Add(period)
 		}
 	}
+}
+
+// checkOnWorker runs check on one of Run's workers and waits for it.
+func (h *ScaleHandler) checkOnWorker(ctx context.Context, st *loopState) bool {
+	done := make(chan bool, 1)
+	select {
+	case st.checks <- func() { done <- h.check(ctx, st) }:
+	case <-ctx.Done():
+		return true
+	}
+	return <-done
 }
 
 // check runs one check of one workload. It returns true when the loop has
