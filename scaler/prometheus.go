@@ -78,12 +78,20 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 // for the whole cooldown window. A gap in the data counts as down.
 func (s *prometheusScaler) IsHealthy(ctx context.Context) (bool, error) {
 	q := HealthQuery(s.metadata.UptimeFilter, s.cooldownPeriod)
-	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, q)
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, q, healthShareWindow)
 	if err != nil {
 		return false, fmt.Errorf("health query: %w", err)
 	}
 	return v == 1, nil
 }
+
+// healthShareWindow is how long a health answer serves every workload with
+// the same server, filter and window. Workloads with different queries
+// check at different moments, so this window is longer than the one for
+// metric answers. Being a few seconds old is harmless: it covers the whole
+// cooldown window, and a reading taken while Prometheus is down is unknown,
+// which restarts the cooldown anyway.
+const healthShareWindow = 10 * time.Second
 
 // HealthQuery is the PromQL behind IsHealthy: 1 only if `up{filter}` was 1
 // at every step of the window.
@@ -121,7 +129,7 @@ func (s *prometheusScaler) LastReading() Reading {
 func (s *prometheusScaler) Close(context.Context) error { return nil }
 
 func (s *prometheusScaler) read(ctx context.Context) (Reading, error) {
-	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, s.metadata.Query)
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, s.metadata.Query, s.servers.shareWindow)
 	if err != nil {
 		return Reading{}, err
 	}

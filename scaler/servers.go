@@ -289,22 +289,22 @@ func (s *Servers) addresses() []string {
 // query returns the single value of promql on server addr, sending the
 // request only if no answer to the same question is fresh enough and none is
 // in flight.
-func (s *Servers) query(ctx context.Context, addr string, headers map[string]string, promql string) (float64, error) {
+func (s *Servers) query(ctx context.Context, addr string, headers map[string]string, promql string, window time.Duration) (float64, error) {
 	srv, ok := s.byAddress[addr]
 	if !ok {
 		// Parsing rejects such addresses; this is a second lock on the door.
 		return 0, fmt.Errorf("%s is not an allowed Prometheus server", addr)
 	}
 	key := questionKey(promql, headers)
-	if a, ok := srv.fresh(key, s.clock.Now(), s.shareWindow); ok {
+	if a, ok := srv.fresh(key, s.clock.Now(), window); ok {
 		return a.value, a.err
 	}
 	ch := srv.flight.DoChan(key, func() (any, error) {
-		if a, ok := srv.fresh(key, s.clock.Now(), s.shareWindow); ok {
+		if a, ok := srv.fresh(key, s.clock.Now(), window); ok {
 			return a, nil
 		}
 		a := s.ask(srv, headers, promql)
-		srv.keep(key, a, s.shareWindow)
+		srv.keep(key, a, max(window, s.shareWindow))
 		return a, nil
 	})
 	select {

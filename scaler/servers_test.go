@@ -40,7 +40,7 @@ func TestFlagCredentialsOnlyToDefaultServer(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			before := len(tt.stub.requests())
-			s := mustNew(t, servers, Metadata{ServerAddress: tt.address, Query: "q_" + tt.name, Threshold: 1, UptimeFilter: `job="p"`, Headers: workloadHeaders}, time.Minute)
+			s := mustNew(t, servers, Metadata{ServerAddress: tt.address, Query: "q_" + tt.name, Threshold: 1, UptimeFilter: fmt.Sprintf("job=%q", tt.name), Headers: workloadHeaders}, time.Minute)
 			if _, err := s.ShouldScaleToZero(context.Background()); err != nil {
 				t.Fatal(err)
 			}
@@ -201,7 +201,7 @@ func TestUnlistedServerNeverAsked(t *testing.T) {
 		t.Errorf("New accepted an unlisted server: %v, %v", s, err)
 	}
 	// The second lock on the door, below New.
-	if _, err := servers.query(context.Background(), unlisted.URL, nil, "q"); err == nil {
+	if _, err := servers.query(context.Background(), unlisted.URL, nil, "q", servers.shareWindow); err == nil {
 		t.Error("query accepted an unlisted server")
 	}
 	if n := len(unlisted.requests()); n != 0 {
@@ -496,6 +496,9 @@ func TestSharing(t *testing.T) {
 			}
 		}
 		ask(`job="p"`, 5*time.Minute)
+		// Workloads with other queries check at other moments: the health
+		// answer outlives the metric share window.
+		clock.Step(healthShareWindow - time.Millisecond)
 		ask(`job="p"`, 5*time.Minute)
 		ask(`job="p"`, 10*time.Minute)
 		ask(`job="q"`, 5*time.Minute)
@@ -508,6 +511,11 @@ func TestSharing(t *testing.T) {
 			if counts[k] != 1 {
 				t.Errorf("%s asked %d times, want 1", k, counts[k])
 			}
+		}
+		clock.Step(time.Millisecond)
+		ask(`job="p"`, 5*time.Minute)
+		if n := stub.counts()[`min_over_time((max(up{job="p"}) or vector(0))[5m:]) `]; n != 2 {
+			t.Errorf("after the health window: asked %d times, want 2", n)
 		}
 	})
 }
