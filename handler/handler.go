@@ -4,8 +4,9 @@ package handler
 
 import (
 	"context"
-	"fmt"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -234,15 +235,33 @@ func (h *ScaleHandler) lock(key string) *sync.Mutex {
 // workload fall on a fixed grid: its polling period, shifted by a phase
 // derived from its question. Workloads asking the same question check at the
 // same moments and so share one request; different questions are spread
-// over the period instead of all firing at once.
+// over the period instead of all firing at once. The phase is whole
+// seconds, so that the daemon wakes at most once a second however many
+// questions it asks, instead of once per question.
 func firstCheck(now time.Time, cfg Config) time.Time {
 	period := cfg.PollingPeriod
-	h := fnv.New64a()
-	fmt.Fprintf(h, "%s\x00%s\x00%v", cfg.Metadata.ServerAddress, cfg.Metadata.Query, cfg.Metadata.Headers)
-	phase := time.Duration(h.Sum64() % uint64(period))
+	phase := time.Duration(questionHash(cfg.Metadata) % uint64(period)).Truncate(time.Second)
 	base := now.Truncate(period).Add(phase)
 	for !base.After(now) {
 		base = base.Add(period)
 	}
 	return base
+}
+
+// questionHash hashes what makes two workloads ask the same question. It
+// writes bytes directly: formatting (fmt with a map) would grow every loop
+// goroutine's stack to 8 KB for good.
+func questionHash(md scaler.Metadata) uint64 {
+	h := fnv.New64a()
+	write := func(s string) {
+		h.Write([]byte(s))
+		h.Write([]byte{0})
+	}
+	write(md.ServerAddress)
+	write(md.Query)
+	for _, k := range slices.Sorted(maps.Keys(md.Headers)) {
+		write(k)
+		write(md.Headers[k])
+	}
+	return h.Sum64()
 }
