@@ -70,7 +70,7 @@ func (i *Informer) Notify(h Handler) error {
 	i.handler = h
 	for gvk, inf := range i.byKind {
 		_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { i.changed(gvk, nil, obj) },
+			AddFunc: func(obj any) { i.changed(gvk, nil, obj) },
 			UpdateFunc: func(old, obj any) {
 				if !sameForDaemon(gvk, old, obj) {
 					i.changed(gvk, old, obj)
