@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -18,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -61,31 +58,6 @@ const (
 	prodAnnotationSleptAt   = "zeroscaler.io/scaled-to-zero-at"
 )
 
-var (
-	prodBuildOnce sync.Once
-	prodBinary    string
-	prodBuildErr  error
-)
-
-// prodDaemonBinary builds the daemon, with the race detector, once per
-// package run into the stack's directory, which Stop removes.
-func prodDaemonBinary(t *testing.T) string {
-	t.Helper()
-	prodBuildOnce.Do(func() {
-		dir := filepath.Join(stack.Dir, "production-bin")
-		if prodBuildErr = os.MkdirAll(dir, 0o755); prodBuildErr != nil {
-			return
-		}
-		began := time.Now()
-		prodBinary, prodBuildErr = localstack.BuildDaemon(dir, "-race")
-		t.Logf("built the daemon (-race) in %v", time.Since(began).Round(time.Millisecond))
-	})
-	if prodBuildErr != nil {
-		t.Fatalf("build daemon: %v", prodBuildErr)
-	}
-	return prodBinary
-}
-
 // prodDaemon is one zeroscaler process and its metrics address.
 type prodDaemon struct {
 	*localstack.Daemon
@@ -100,7 +72,7 @@ type prodDaemon struct {
 // test failed, and a data race fails the test.
 func startProdDaemon(t *testing.T, name, kubeconfig string, args ...string) *prodDaemon {
 	t.Helper()
-	bin := prodDaemonBinary(t)
+	bin := daemonBinary(t)
 	port, err := localstack.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -158,33 +130,14 @@ func (d *prodDaemon) get(ctx context.Context, path string) (int, []byte, error) 
 // sample for a label value it has not seen yet, and no family at all before
 // its first sample.
 func (d *prodDaemon) metric(ctx context.Context, name string, labels map[string]string) (float64, error) {
-	code, body, err := d.get(ctx, "/metrics")
-	if err != nil {
-		return 0, fmt.Errorf("scrape %s: %w", d.name, err)
-	}
-	if code != http.StatusOK {
-		return 0, fmt.Errorf("scrape %s: status %d", d.name, code)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
-	if err != nil {
-		return 0, fmt.Errorf("parse metrics of %s: %w", d.name, err)
-	}
-	var sum float64
-	for _, m := range families[name].GetMetric() {
-		have := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			have[lp.GetName()] = lp.GetValue()
-		}
-		match := true
+	return localstack.ScrapeSum(ctx, "http://"+d.metricsAddr, name, func(have map[string]string) bool {
 		for k, v := range labels {
-			match = match && have[k] == v
+			if have[k] != v {
+				return false
+			}
 		}
-		if match {
-			sum += m.GetGauge().GetValue() + m.GetCounter().GetValue()
-		}
-	}
-	return sum, nil
+		return true
+	})
 }
 
 // leader reads the daemon's zeroscaler_leader gauge.
