@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"time"
 
@@ -114,7 +115,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		return err
 	}
 
-	srv, err := serveMetrics(o.metricsAddress, registry, inf.HasSynced, log)
+	srv, err := serveMetrics(o.metricsAddress, o.profiling, registry, inf.HasSynced, log)
 	if err != nil {
 		return err
 	}
@@ -234,8 +235,9 @@ func kubeConfig(path string) (*rest.Config, error) {
 	return c, nil
 }
 
-// serveMetrics serves /metrics, /healthz and /readyz in the background.
-func serveMetrics(addr string, reg *prometheus.Registry, ready func() bool, log *zap.Logger) (*http.Server, error) {
+// serveMetrics serves /metrics, /healthz and /readyz (and, with profiling,
+// /debug/pprof/) in the background.
+func serveMetrics(addr string, profiling bool, reg *prometheus.Registry, ready func() bool, log *zap.Logger) (*http.Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
@@ -246,6 +248,13 @@ func serveMetrics(addr string, reg *prometheus.Registry, ready func() bool, log 
 		}
 		fmt.Fprintln(w, "ok")
 	})
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	if addr == "" {
 		return srv, nil

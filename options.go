@@ -39,6 +39,7 @@ type options struct {
 	renewDeadline       time.Duration
 	retryPeriod         time.Duration
 	metricsAddress      string
+	profiling           bool
 	logLevel, logFormat string
 	version             bool
 	parsedPromHeaders   map[string]string
@@ -82,6 +83,7 @@ func (o *options) flags(name string) *pflag.FlagSet {
 	fs.DurationVar(&o.renewDeadline, "leader-election-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew before it gives up leading.")
 	fs.DurationVar(&o.retryPeriod, "leader-election-retry-period", 2*time.Second, "Time between lease acquire or renew attempts.")
 	fs.StringVar(&o.metricsAddress, "metrics-address", ":8080", "Address serving /metrics, /healthz and /readyz. Empty: disabled.")
+	fs.BoolVar(&o.profiling, "profiling", false, "Also serve Go's pprof profiles under /debug/pprof/ on --metrics-address.")
 
 	fs.StringVar(&o.logLevel, "log-level", "info", "Log level: debug, info, warn or error.")
 	fs.StringVar(&o.logFormat, "log-format", "json", "Log format: json or console.")

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -46,6 +47,8 @@ type Options struct {
 	WatchNamespace string
 	DryRun         bool
 	Metrics        *Metrics
+	// CheckSlots is how many checks run at once; DefaultCheckSlots if 0.
+	CheckSlots int
 	// Clock is injected by tests; the real clock otherwise.
 	Clock clock.WithTicker
 }
@@ -76,13 +79,18 @@ type ScaleHandler struct {
 	mu      sync.Mutex
 	wanted  map[string]Config
 	loops   map[string]*running
-	checks  chan<- func()   // served by Run's workers
+	nSlots  int
+	slots   chan struct{}   // one per check running; see checkAside
+	work    chan func()     // idle workers wait here; see dispatch
+	idle    atomic.Int32    // workers waiting on work
 	runCtx  context.Context // nil unless Run is running
 	loopsWG sync.WaitGroup
 }
 
-// checkWorkers is how many checks run at once.
-const checkWorkers = 64
+// DefaultCheckSlots is how many checks run at once. A check gives its slot
+// back before it writes, so that slots bound the reading and deciding, and
+// a thousand wakes at once do not wait for each other's API round trips.
+const DefaultCheckSlots = 64
 
 type running struct {
 	cancel context.CancelFunc
@@ -96,6 +104,9 @@ func New(o Options) *ScaleHandler {
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
+	if o.CheckSlots < 1 {
+		o.CheckSlots = DefaultCheckSlots
+	}
 	return &ScaleHandler{
 		kDynamicClient: o.DynamicClient,
 		EventRecorder:  o.EventRecorder,
@@ -108,6 +119,7 @@ func New(o Options) *ScaleHandler {
 		dryRun:         o.DryRun,
 		metrics:        o.Metrics,
 		clock:          o.Clock,
+		nSlots:         o.CheckSlots,
 		wanted:         map[string]Config{},
 		loops:          map[string]*running{},
 	}
@@ -147,27 +159,10 @@ func (h *ScaleHandler) Forget(ref Ref) {
 // Run starts a loop per workload and keeps loops in step with Sync and
 // Forget until ctx ends; then it stops every loop and waits for them.
 func (h *ScaleHandler) Run(ctx context.Context) {
-	// Checks run on a fixed pool of workers, not on the loops' own
-	// goroutines: a loop only waits on its timer, so its stack stays at
-	// the minimum however deep a check goes, and a herd of due checks
-	// queues instead of running all at once.
-	checks := make(chan func())
-	var workers sync.WaitGroup
-	for range checkWorkers {
-		workers.Go(func() {
-			for check := range checks {
-				check()
-			}
-		})
-	}
-	defer func() {
-		close(checks)
-		workers.Wait()
-	}()
-
 	h.mu.Lock()
 	h.runCtx = ctx
-	h.checks = checks
+	h.slots = make(chan struct{}, h.nSlots)
+	h.work = make(chan func())
 	for _, cfg := range h.wanted {
 		h.startLocked(cfg)
 	}
@@ -176,12 +171,36 @@ func (h *ScaleHandler) Run(ctx context.Context) {
 	<-ctx.Done()
 
 	h.mu.Lock()
-	h.runCtx, h.checks = nil, nil
+	h.runCtx = nil
 	for key := range h.loops {
 		h.stopLocked(key)
 	}
 	h.mu.Unlock()
 	h.loopsWG.Wait()
+	close(h.work) // no loop is left to dispatch: idle workers leave
+}
+
+// dispatch runs job on an idle worker, or on a new one if none is idle.
+// Workers outlive their jobs so that their stacks, grown by one check, serve
+// the next without growing again; at most one per check slot stays idle.
+func (h *ScaleHandler) dispatch(work chan func(), job func()) {
+	select {
+	case work <- job:
+	default:
+		go h.worker(work, job)
+	}
+}
+
+func (h *ScaleHandler) worker(work chan func(), job func()) {
+	for job != nil {
+		job()
+		if h.idle.Add(1) > int32(h.nSlots) {
+			h.idle.Add(-1)
+			return
+		}
+		job = <-work
+		h.idle.Add(-1)
+	}
 }
 
 // Running returns how many loops run now.
@@ -194,24 +213,32 @@ func (h *ScaleHandler) Running() int {
 func (h *ScaleHandler) startLocked(cfg Config) {
 	ctx, cancel := context.WithCancel(h.runCtx)
 	r := &running{cancel: cancel}
-	key, checks := cfg.Key(), h.checks
+	key := cfg.Key()
 	h.loops[key] = r
 	h.loopsWG.Add(1)
 	h.metrics.loops.Inc()
+	// Everything that goes deep (building the scaler, hashing the question,
+	// the metrics' label lookups) happens here, on the caller's goroutine:
+	// the loop's own goroutine only waits on its timer, so its stack stays
+	// at the minimum for good, thousands of times over.
+	st := h.newLoopState(cfg)
 	go func() {
-		defer h.loopsWG.Done()
-		defer h.metrics.loops.Dec()
-		defer func() {
-			// A loop that ended by itself (nothing left to do) leaves.
-			h.mu.Lock()
-			if h.loops[key] == r {
-				delete(h.loops, key)
-			}
-			h.mu.Unlock()
-		}()
-		defer cancel()
-		h.loop(ctx, cfg, checks)
+		defer h.loopEnded(key, r)
+		h.loop(ctx, st)
 	}()
+}
+
+// loopEnded cleans up after a loop's goroutine. A loop that ended by itself
+// (nothing left to do) leaves the map.
+func (h *ScaleHandler) loopEnded(key string, r *running) {
+	r.cancel()
+	h.mu.Lock()
+	if h.loops[key] == r {
+		delete(h.loops, key)
+	}
+	h.mu.Unlock()
+	h.metrics.loops.Dec()
+	h.loopsWG.Done()
 }
 
 // stopLocked cancels a loop without waiting for it: the workload's scale

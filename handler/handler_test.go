@@ -3,9 +3,12 @@ package handler
 import (
 	"errors"
 	"fmt"
-	"go.uber.org/zap"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/runtime"
+	ktesting "k8s.io/client-go/testing"
 
 	"github.com/zeroscaler/zeroscaler/scaler"
 )
@@ -302,4 +305,58 @@ func TestSyncOutsideWatchNamespace(t *testing.T) {
 	if len(h.wanted) != 0 {
 		t.Errorf("wanted = %v, want nothing outside namespace a", h.wanted)
 	}
+}
+
+// A loop is counted in the workloads gauge from its start, by what the cache
+// shows, not only from its first check: the gauge adds up to the workloads
+// at once, however the first checks are spread.
+func TestWorkloadsCountedFromStart(t *testing.T) {
+	hs := newHarness(t, false, deployment("up", 3, nil), deployment("down", 0, asleep("3")), deployment("zero", 0, nil))
+	hs.prom.set("q", active)
+	for _, name := range []string{"up", "down", "zero"} {
+		hs.h.Sync(managed(name))
+	}
+	hs.run()
+	hs.parked(3)
+	if got := hs.prom.called("ShouldScaleToZero") + hs.prom.called("ShouldScaleFromZero"); got != 0 {
+		t.Fatalf("%d queries before the first check, want 0", got)
+	}
+	for state, want := range map[string]float64{StateAwake: 2, StateAsleep: 1, StateIdle: 0} {
+		if got := hs.gauge(state); got != want {
+			t.Errorf("before the first check: zeroscaler_workloads{state=%q} = %v, want %v", state, got, want)
+		}
+	}
+}
+
+// A check gives its slot back before it writes: a wake waiting on the API
+// server does not hold up another workload's check, even with one slot.
+func TestWritesDoNotHoldCheckSlots(t *testing.T) {
+	hs := newHarness(t, false, deployment("sleeper", 0, asleep("3")), deployment("other", 3, nil))
+	hs.h.nSlots = 1
+	hs.prom.set("q", active)
+	hs.prom.set("q2", active)
+	entered, release := make(chan struct{}), make(chan struct{})
+	hs.world.scales.PrependReactor("update", "*", func(ktesting.Action) (bool, runtime.Object, error) {
+		close(entered)
+		<-release
+		return false, nil, nil // on to the world's own reactor
+	})
+	defer close(release)
+
+	hs.h.Sync(managed("sleeper"))
+	hs.run()
+	hs.parked(1)
+	hs.clock.Step(period)
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the wake's scale write never began")
+	}
+
+	hs.h.Sync(managed("other", func(c *Config) { c.Metadata.Query = "q2" }))
+	hs.parked(1)
+	hs.clock.Step(period)
+	eventually(t, "the other workload's check while the wake's write waits", func() bool {
+		return hs.prom.called("ShouldScaleToZero") == 1
+	})
 }

@@ -39,10 +39,18 @@ const retryPeriod = 30 * time.Second
 // survive a restart: a new loop simply starts a new cooldown.
 type loopState struct {
 	cfg     Config
-	checks  chan<- func()
 	decider Decider
 	log     *zap.Logger
 	state   string
+
+	// next is the loop's next check; period spaces its checks.
+	next   time.Time
+	period time.Duration
+
+	// slots are the handler's check slots; slot is set while this loop's
+	// check holds one (see checkAside). work is the handler's idle workers.
+	slots, slot chan struct{}
+	work        chan func()
 
 	// idleSince is the start of the current idle stretch: the loop's start,
 	// the last active or unknown reading, or the last scale-up.
@@ -82,88 +90,134 @@ func (v *dryView) apply(w Workload) Workload {
 	return w
 }
 
-// loop checks one workload on its grid until ctx ends or there is nothing
-// left to do.
-func (h *ScaleHandler) loop(ctx context.Context, cfg Config, checks chan<- func()) {
+// newLoopState prepares a loop: its scaler, its first check and the state
+// it is counted in until that check.
+func (h *ScaleHandler) newLoopState(cfg Config) *loopState {
 	st := &loopState{
-		cfg:    cfg,
-		checks: checks,
+		cfg: cfg,
 		// Lazy: the fields are encoded on the first line logged, not for
 		// every one of thousands of quiet loops.
 		log:          h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
 		idleSince:    h.clock.Now(),
 		lastReplicas: -1,
+		slots:        h.slots,
+		work:         h.work,
+		// Invalid and released workloads need at most one wake: do it
+		// now, and retry a failed one at retryPeriod (their configuration
+		// has no polling period).
+		next:   h.clock.Now(),
+		period: retryPeriod,
 	}
-	defer h.setState(st, "")
-
+	if cfg.Mode == Managed && !cfg.Paused {
+		d, err := h.newDecider(cfg)
+		if err != nil {
+			// The informer checks what it can; this is what it cannot.
+			// Treat it as any invalid configuration: a sleeping workload
+			// is woken.
+			st.cfg.Mode, st.cfg.Err = Invalid, err
+		} else {
+			st.decider = d
+			st.next, st.period = firstCheck(st.next, cfg), cfg.PollingPeriod
+		}
+	}
 	switch {
 	case cfg.Paused:
 		h.setState(st, StatePaused)
 		st.log.Debug("paused; leaving the workload as it is")
+	case st.cfg.Mode == Invalid:
+		h.setState(st, StateInvalid)
+		st.log.Error("invalid scaling configuration; not scaling this workload", zap.Error(st.cfg.Err))
+		if w, ok := h.lister.Get(cfg.Ref); ok {
+			h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, st.cfg.Err.Error())
+		}
+	case st.cfg.Mode == Managed:
+		// Counted from its start, as the cache shows it, until its first
+		// check says more.
+		state := StateAwake
+		if w, ok := h.lister.Get(cfg.Ref); ok {
+			if _, ours, _ := w.OriginalReplicas(); ours && w.Replicas == 0 {
+				state = StateAsleep
+			}
+		}
+		h.setState(st, state)
+	}
+	return st
+}
+
+// loop checks one workload on its grid until ctx ends or there is nothing
+// left to do. Its goroutine only waits: one per workload, thousands of
+// them, each should keep the smallest stack Go has. So it calls nothing
+// deep itself; checks run on workers (checkAside), and what is done once is
+// done by newLoopState and endLoop.
+func (h *ScaleHandler) loop(ctx context.Context, st *loopState) {
+	defer h.endLoop(st)
+	if st.cfg.Paused {
 		<-ctx.Done() // keep counting it as paused while it is
 		return
-	case cfg.Mode == Invalid:
-		h.setState(st, StateInvalid)
-		st.log.Error("invalid scaling configuration; not scaling this workload", zap.Error(cfg.Err))
-		if w, ok := h.lister.Get(cfg.Ref); ok {
-			h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, cfg.Err.Error())
-		}
-	case cfg.Mode == Managed:
-		d, err := h.newDecider(cfg)
-		if err != nil {
-			// The informer checks what it can; this is what it cannot. Treat
-			// it as any invalid configuration: a sleeping workload is woken.
-			cfg.Mode, cfg.Err = Invalid, err
-			st.cfg = cfg
-			h.setState(st, StateInvalid)
-			st.log.Error("cannot build scaler", zap.Error(err))
-			if w, ok := h.lister.Get(cfg.Ref); ok {
-				h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, err.Error())
-			}
-			break
-		}
-		defer d.Close(context.Background())
-		st.decider = d
 	}
-
-	// Invalid and released workloads need at most one wake: do it now, and
-	// retry a failed one at retryPeriod (their configuration has no
-	// polling period).
-	next, period := h.clock.Now(), retryPeriod
-	if cfg.Mode == Managed {
-		next, period = firstCheck(next, cfg), cfg.PollingPeriod
-	}
-	for {
-		timer := h.clock.NewTimer(next.Sub(h.clock.Now()))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-timer.C():
-		}
-		now := h.clock.Now()
-		h.metrics.loopLag.Observe(now.Sub(next).Seconds())
-		if done := h.checkOnWorker(ctx, st); done {
-			if cfg.Mode == Invalid {
+	for h.wait(ctx, st) {
+		if done := h.checkAside(ctx, st); done {
+			if st.cfg.Mode == Invalid {
 				<-ctx.Done() // keep counting it as invalid until it is fixed
 			}
 			return
 		}
-		for !next.After(now) {
-			next = next.Add(period)
-		}
 	}
 }
 
-// checkOnWorker runs check on one of Run's workers and waits for it.
-func (h *ScaleHandler) checkOnWorker(ctx context.Context, st *loopState) bool {
-	done := make(chan bool, 1)
+// wait waits until the loop's next check is due. It returns false if ctx
+// ended first.
+func (h *ScaleHandler) wait(ctx context.Context, st *loopState) bool {
+	timer := h.clock.NewTimer(st.next.Sub(h.clock.Now()))
 	select {
-	case st.checks <- func() { done <- h.check(ctx, st) }:
+	case <-ctx.Done():
+		timer.Stop()
+		return false
+	case <-timer.C():
+		return true
+	}
+}
+
+func (h *ScaleHandler) endLoop(st *loopState) {
+	h.setState(st, "")
+	if st.decider != nil {
+		st.decider.Close(context.Background())
+	}
+}
+
+// checkAside runs check on a worker, once one of the handler's check slots
+// is free, and waits for it. The loop's goroutine never goes deeper than
+// this, and a herd of due checks queues for slots instead of all querying at
+// once.
+func (h *ScaleHandler) checkAside(ctx context.Context, st *loopState) bool {
+	select {
+	case st.slots <- struct{}{}:
 	case <-ctx.Done():
 		return true
 	}
+	st.slot = st.slots
+	done := make(chan bool, 1)
+	h.dispatch(st.work, func() {
+		now := h.clock.Now()
+		h.metrics.loopLag.Observe(now.Sub(st.next).Seconds())
+		d := h.check(ctx, st)
+		for !st.next.After(now) {
+			st.next = st.next.Add(st.period)
+		}
+		st.yieldSlot()
+		done <- d
+	})
 	return <-done
+}
+
+// yieldSlot gives the check's slot back, if it still holds it. Writes call
+// it first: they wait on the API server, not on Prometheus, and the next
+// workload's check should not wait for them.
+func (st *loopState) yieldSlot() {
+	if st.slot != nil {
+		<-st.slot
+		st.slot = nil
+	}
 }
 
 // check runs one check of one workload. It returns true when the loop has
@@ -195,7 +249,7 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 		// Wake it once if we put it to sleep, clear marks left behind, then
 		// there is nothing to do.
 		if w.Replicas != 0 && ours {
-			return h.clearMarks(ctx, w, w.ResourceVersion) == nil
+			return h.clearMarks(ctx, st, w, w.ResourceVersion) == nil
 		}
 		if w.Replicas != 0 || (!ours && st.cfg.WakeTo == 0) {
 			return true
@@ -231,7 +285,7 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 		// between our two writes. Either way it is awake now.
 		st.idleSince = now
 		h.setState(st, StateAwake)
-		if err := h.clearMarks(ctx, w, w.ResourceVersion); err != nil {
+		if err := h.clearMarks(ctx, st, w, w.ResourceVersion); err != nil {
 			st.log.Info("could not clear sleep annotations; will retry", zap.Error(err))
 			return false
 		}

@@ -34,6 +34,7 @@ func (h *ScaleHandler) sleep(ctx context.Context, st *loopState, w Workload, now
 		h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
 		return nil
 	}
+	st.yieldSlot()
 	rv, err := h.annotate(ctx, w.Ref, w.ResourceVersion, map[string]*string{
 		AnnotationOriginalReplicas: ptr(strconv.Itoa(int(w.Replicas))),
 		AnnotationScaledToZeroAt:   ptr(now.UTC().Format(time.RFC3339)),
@@ -66,6 +67,7 @@ func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, targ
 		h.announce(st, w, eventType, reason, msg, 0, target)
 		return nil
 	}
+	st.yieldSlot()
 	rv, err := h.scale(ctx, w.Ref, w.ResourceVersion, target)
 	if err != nil {
 		h.writeFailed(st, "up", err)
@@ -76,17 +78,18 @@ func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, targ
 	st.lastReplicas = target
 	h.setState(st, StateAwake)
 	h.announce(st, w, eventType, reason, msg, 0, target)
-	if err := h.clearMarks(ctx, w, rv); err != nil {
+	if err := h.clearMarks(ctx, st, w, rv); err != nil {
 		// The next check sees a running workload with marks and clears them.
 		st.log.Info("woke, but could not clear sleep annotations yet; will retry", zap.Error(err))
 	}
 	return nil
 }
 
-func (h *ScaleHandler) clearMarks(ctx context.Context, w Workload, rv string) error {
+func (h *ScaleHandler) clearMarks(ctx context.Context, st *loopState, w Workload, rv string) error {
 	if h.dryRun {
 		return nil
 	}
+	st.yieldSlot()
 	_, err := h.annotate(ctx, w.Ref, rv, map[string]*string{
 		AnnotationOriginalReplicas: nil,
 		AnnotationScaledToZeroAt:   nil,

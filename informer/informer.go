@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"maps"
 	"strings"
+	"sync"
 
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -45,6 +47,14 @@ type Informer struct {
 	byKind   map[schema.GroupVersionKind]cache.SharedIndexInformer
 	handler  Handler
 	defaults Defaults
+
+	// owed holds, per workload key, the count a released workload is to be
+	// woken to while it stays at zero. When the user removes every
+	// zeroscaler annotation at once, only that one update carries the
+	// count; a later update (a label, a failed wake's retry outlived) must
+	// not make the informer forget the wake.
+	mu   sync.Mutex
+	owed map[string]int32
 }
 
 // New sets up informers on Deployments and StatefulSets. Call Notify, then
@@ -131,6 +141,7 @@ func (i *Informer) changed(gvk schema.GroupVersionKind, oldObj, obj any) {
 		return
 	}
 	if _, managed := w.Annotations[AnnotationQuery]; managed {
+		i.forgive(w.Ref)
 		cfg, err := Parse(w.Annotations, i.defaults)
 		if err != nil {
 			cfg.Err = err
@@ -148,6 +159,7 @@ func (i *Informer) changed(gvk schema.GroupVersionKind, oldObj, obj any) {
 	if old, ok := toWorkload(gvk, oldObj); ok {
 		wakeTo, _, _ = old.OriginalReplicas()
 	}
+	wakeTo = i.owe(w, wakeTo)
 	if marked || (w.Replicas == 0 && wakeTo > 0) {
 		i.handler.Sync(handler.Config{Ref: w.Ref, Mode: handler.Released, WakeTo: wakeTo})
 		return
@@ -160,8 +172,37 @@ func (i *Informer) deleted(gvk schema.GroupVersionKind, obj any) {
 		obj = d.Obj
 	}
 	if w, ok := toWorkload(gvk, obj); ok {
+		i.forgive(w.Ref)
 		i.handler.Forget(w.Ref)
 	}
+}
+
+// owe records that the unmanaged workload w is owed a wake to wakeTo, if
+// that is above 0, or forgets the debt once w runs again. It returns the
+// count w is owed now.
+func (i *Informer) owe(w handler.Workload, wakeTo int32) int32 {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	key := w.Key()
+	switch {
+	case w.Replicas > 0:
+		delete(i.owed, key)
+	case wakeTo > 0:
+		if i.owed == nil {
+			i.owed = map[string]int32{}
+		}
+		i.owed[key] = wakeTo
+	default:
+		wakeTo = i.owed[key]
+	}
+	return wakeTo
+}
+
+// forgive forgets what a workload is owed: it is managed again, or gone.
+func (i *Informer) forgive(ref handler.Ref) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	delete(i.owed, ref.Key())
 }
 
 // sameForDaemon reports whether an update changed nothing the daemon reads
@@ -172,21 +213,39 @@ func sameForDaemon(gvk schema.GroupVersionKind, oldObj, obj any) bool {
 	return ok1 && ok2 && o.Replicas == n.Replicas && maps.Equal(o.Annotations, n.Annotations)
 }
 
+// cached is what the informers keep of a Deployment or StatefulSet: the
+// metadata the daemon reads and spec.replicas. A trimmed appsv1.Deployment
+// would still carry its empty pod template, status and spec fields (1.2 KB
+// a value); this is a fifth of that.
+type cached struct {
+	metav1.ObjectMeta
+	// Replicas is spec.replicas; nil means the API server's default, 1.
+	Replicas *int32
+}
+
+// GetObjectKind and DeepCopyObject make a cached object a runtime.Object, as
+// the informers' machinery expects of what it stores.
+func (c *cached) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+func (c *cached) DeepCopyObject() runtime.Object {
+	out := &cached{}
+	c.ObjectMeta.DeepCopyInto(&out.ObjectMeta)
+	if c.Replicas != nil {
+		r := *c.Replicas
+		out.Replicas = &r
+	}
+	return out
+}
+
 // lean is the informers' transform: it keeps only what the daemon reads
 // (name, namespace, uid, resourceVersion, zeroscaler annotations,
 // spec.replicas) before an object enters the cache.
 func lean(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *appsv1.Deployment:
-		return &appsv1.Deployment{
-			ObjectMeta: leanMeta(o.ObjectMeta),
-			Spec:       appsv1.DeploymentSpec{Replicas: o.Spec.Replicas},
-		}, nil
+		return &cached{ObjectMeta: leanMeta(o.ObjectMeta), Replicas: o.Spec.Replicas}, nil
 	case *appsv1.StatefulSet:
-		return &appsv1.StatefulSet{
-			ObjectMeta: leanMeta(o.ObjectMeta),
-			Spec:       appsv1.StatefulSetSpec{Replicas: o.Spec.Replicas},
-		}, nil
+		return &cached{ObjectMeta: leanMeta(o.ObjectMeta), Replicas: o.Spec.Replicas}, nil
 	}
 	return obj, nil
 }
@@ -215,6 +274,8 @@ func toWorkload(gvk schema.GroupVersionKind, obj any) (handler.Workload, bool) {
 		replicas *int32
 	)
 	switch o := obj.(type) {
+	case *cached:
+		meta, replicas = o.ObjectMeta, o.Replicas
 	case *appsv1.Deployment:
 		meta, replicas = o.ObjectMeta, o.Spec.Replicas
 	case *appsv1.StatefulSet:

@@ -138,25 +138,25 @@ func TestLean(t *testing.T) {
 		{
 			name: "deployment",
 			in:   fullDeployment("web", int32p(2), ours),
-			want: &appsv1.Deployment{
+			want: &cached{
 				ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "uid-web", ResourceVersion: "42", Annotations: ours},
-				Spec:       appsv1.DeploymentSpec{Replicas: int32p(2)},
+				Replicas:   int32p(2),
 			},
 		},
 		{
 			name: "deployment without our annotations",
 			in:   fullDeployment("web", nil, nil),
-			want: &appsv1.Deployment{
+			want: &cached{
 				ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "uid-web", ResourceVersion: "42"},
 			},
 		},
 		{
 			name: "statefulset",
 			in:   fullStatefulSet("db", int32p(0), map[string]string{AnnotationPaused: "true", "helm.sh/chart": "db-1"}),
-			want: &appsv1.StatefulSet{
+			want: &cached{
 				ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "shop", UID: "uid-db", ResourceVersion: "43",
 					Annotations: map[string]string{AnnotationPaused: "true"}},
-				Spec: appsv1.StatefulSetSpec{Replicas: int32p(0)},
+				Replicas: int32p(0),
 			},
 		},
 		{
@@ -224,8 +224,8 @@ func TestToWorkload(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			gvk := deploymentKind
-			if _, ok := tc.obj.(*appsv1.StatefulSet); ok {
-				gvk = statefulSetKind
+			if tc.wantOK {
+				gvk = tc.want.GroupVersionKind
 			}
 			got, ok := toWorkload(gvk, tc.obj)
 			if ok != tc.wantOK {
@@ -397,15 +397,15 @@ func TestChanged(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			// The informer only ever sees lean objects.
+			gvk := deploymentKind
+			if _, ok := tc.obj.(*appsv1.StatefulSet); ok {
+				gvk = statefulSetKind
+			}
 			old, obj := tc.old, tc.obj
 			if old != nil {
 				old = must(lean(old))
 			}
 			obj = must(lean(obj))
-			gvk := deploymentKind
-			if _, ok := obj.(*appsv1.StatefulSet); ok {
-				gvk = statefulSetKind
-			}
 			rec := &recordingHandler{}
 			i := &Informer{handler: rec, defaults: informerTestDefaults}
 			i.changed(gvk, old, obj)
@@ -561,8 +561,8 @@ func TestInformerWithFakeClientset(t *testing.T) {
 		t.Errorf("cached web = %+v", w)
 	}
 	obj, _, _ := inf.byKind[deploymentKind].GetIndexer().GetByKey("shop/web")
-	if d := obj.(*appsv1.Deployment); d.ManagedFields != nil || d.Labels != nil || len(d.Spec.Template.Spec.Containers) != 0 {
-		t.Errorf("cache holds more than the lean object: %+v", d)
+	if c, ok := obj.(*cached); !ok || c.ManagedFields != nil || c.Labels != nil {
+		t.Errorf("cache holds more than the lean object: %#v", obj)
 	}
 	if _, ok := inf.Get(handler.Ref{GroupVersionKind: deploymentKind, Namespace: "shop", Name: "gone"}); ok {
 		t.Error("Get found a workload that does not exist")
@@ -586,5 +586,47 @@ func TestInformerWithFakeClientset(t *testing.T) {
 			t.Fatal("no Forget after delete")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A workload whose every annotation was removed while asleep stays owed its
+// wake across later updates, which no longer carry the count, until it runs
+// again or is deleted.
+func TestReleasedWakeOwedAcrossUpdates(t *testing.T) {
+	web := handler.Ref{GroupVersionKind: deploymentKind, Namespace: "shop", Name: "web"}
+	released := handlerCall{cfg: handler.Config{Ref: web, Mode: handler.Released, WakeTo: 3}, ref: web}
+	forget := handlerCall{forget: true, ref: web}
+	asleep := must(lean(fullDeployment("web", int32p(0), sleeping(managedAnnotations))))
+	bare := must(lean(fullDeployment("web", int32p(0), nil)))
+	relabelled := fullDeployment("web", int32p(0), nil)
+	relabelled.Labels = map[string]string{"team": "new"}
+	running := must(lean(fullDeployment("web", int32p(3), nil)))
+
+	rec := &recordingHandler{}
+	i := &Informer{handler: rec, defaults: informerTestDefaults}
+	steps := []struct {
+		what     string
+		old, obj any
+		want     handlerCall
+	}{
+		{"annotations removed while asleep", asleep, bare, released},
+		{"a later update, the wake not done yet", bare, must(lean(relabelled)), released},
+		{"the informer's resync", bare, bare, released},
+		{"woken", bare, running, forget},
+		{"at zero again, by someone else", running, bare, forget},
+	}
+	for _, s := range steps {
+		i.changed(deploymentKind, s.old, s.obj)
+		got := rec.take()
+		if len(got) != 1 || got[0].String() != s.want.String() {
+			t.Errorf("%s: handler heard %v, want [%v]", s.what, got, s.want)
+		}
+	}
+
+	i.changed(deploymentKind, asleep, bare)
+	i.deleted(deploymentKind, bare)
+	i.changed(deploymentKind, nil, bare) // created again with the same name
+	if got := rec.take(); len(got) != 3 || got[2].String() != forget.String() {
+		t.Errorf("after delete and re-create: handler heard %v, want the last to be %v", got, forget)
 	}
 }

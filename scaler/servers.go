@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v2"
-	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 )
 
@@ -90,11 +89,19 @@ type server struct {
 	client  *http.Client
 	api     api.Client
 	slots   chan struct{}
-	flight  singleflight.Group
 
 	mu      sync.Mutex
 	answers map[string]answer
-	swept   time.Time // when stale answers were last dropped
+	asking  map[string]*asking // questions in flight
+	swept   time.Time          // when stale answers were last dropped
+}
+
+// asking is one request in flight; done is closed once a or abandoned is
+// set.
+type asking struct {
+	done      chan struct{}
+	a         answer
+	abandoned bool
 }
 
 type answer struct {
@@ -236,6 +243,7 @@ func newServer(addr string, cfg config.HTTPClientConfig, slots int) (*server, er
 		api:     apiClient,
 		slots:   make(chan struct{}, slots),
 		answers: map[string]answer{},
+		asking:  map[string]*asking{},
 	}, nil
 }
 
@@ -296,31 +304,58 @@ func (s *Servers) query(ctx context.Context, addr string, headers map[string]str
 		return 0, fmt.Errorf("%s is not an allowed Prometheus server", addr)
 	}
 	key := questionKey(promql, headers)
-	if a, ok := srv.fresh(key, s.clock.Now(), window); ok {
-		return a.value, a.err
-	}
-	ch := srv.flight.DoChan(key, func() (any, error) {
-		if a, ok := srv.fresh(key, s.clock.Now(), window); ok {
-			return a, nil
+	for {
+		srv.mu.Lock()
+		if a, ok := srv.freshLocked(key, s.clock.Now(), window); ok {
+			srv.mu.Unlock()
+			return a.value, a.err
 		}
-		a := s.ask(srv, headers, promql)
-		srv.keep(key, a, max(window, s.shareWindow))
-		return a, nil
-	})
-	select {
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	case r := <-ch:
-		a := r.Val.(answer)
-		return a.value, a.err
+		q, inFlight := srv.asking[key]
+		if !inFlight {
+			q = &asking{done: make(chan struct{})}
+			srv.asking[key] = q
+		}
+		srv.mu.Unlock()
+		if !inFlight {
+			return s.askFor(ctx, srv, key, q, headers, promql, window)
+		}
+		// Someone asks already: wait for that answer, on this goroutine.
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-q.done:
+		}
+		if !q.abandoned {
+			return q.a.value, q.a.err
+		}
+		// The asker stopped before its answer came; ask again.
 	}
 }
 
-// keep stores an answer and, once a minute, drops the stale ones, so that
-// questions nobody asks any more (a changed query) do not pile up.
-func (srv *server) keep(key string, a answer, window time.Duration) {
+// askFor sends the request for everyone waiting on q. A request whose
+// caller stops (its loop ends) is abandoned, not answered: the others
+// waiting ask again rather than take the cancellation for an outage.
+func (s *Servers) askFor(ctx context.Context, srv *server, key string, q *asking, headers map[string]string, promql string, window time.Duration) (float64, error) {
+	a := s.ask(ctx, srv, headers, promql)
 	srv.mu.Lock()
-	defer srv.mu.Unlock()
+	delete(srv.asking, key)
+	if a.err != nil && ctx.Err() != nil {
+		q.abandoned = true
+	} else {
+		q.a = a
+		srv.keepLocked(key, a, max(window, s.shareWindow))
+	}
+	srv.mu.Unlock()
+	close(q.done)
+	if q.abandoned {
+		return 0, ctx.Err()
+	}
+	return a.value, a.err
+}
+
+// keepLocked stores an answer and, once a minute, drops the stale ones, so
+// that questions nobody asks any more (a changed query) do not pile up.
+func (srv *server) keepLocked(key string, a answer, window time.Duration) {
 	srv.answers[key] = a
 	if a.at.Sub(srv.swept) < time.Minute {
 		return
@@ -333,9 +368,7 @@ func (srv *server) keep(key string, a answer, window time.Duration) {
 	srv.swept = a.at
 }
 
-func (srv *server) fresh(key string, now time.Time, window time.Duration) (answer, bool) {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
+func (srv *server) freshLocked(key string, now time.Time, window time.Duration) (answer, bool) {
 	a, ok := srv.answers[key]
 	if !ok {
 		return answer{}, false
@@ -347,17 +380,23 @@ func (srv *server) fresh(key string, now time.Time, window time.Duration) (answe
 	return a, true
 }
 
-// ask sends one request. It runs detached from any one caller's context,
-// because its answer is shared; the query timeout bounds it.
-func (s *Servers) ask(srv *server, headers map[string]string, promql string) answer {
-	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+// ask sends one request, bounded by the query timeout. A request whose
+// caller's ctx ended is not counted: it tells nothing about the server.
+func (s *Servers) ask(ctx context.Context, srv *server, headers map[string]string, promql string) answer {
+	caller := ctx
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	started := s.clock.Now()
+	record := func(err error) {
+		if caller.Err() == nil {
+			s.record(srv, err, started)
+		}
+	}
 	select {
 	case srv.slots <- struct{}{}:
 	case <-ctx.Done():
 		err := fmt.Errorf("wait for a free query slot: %w", ctx.Err())
-		s.record(srv, err, started)
+		record(err)
 		return answer{err: err, at: started}
 	}
 	defer func() { <-srv.slots }()
@@ -370,7 +409,7 @@ func (s *Servers) ask(srv *server, headers map[string]string, promql string) ans
 	} else {
 		err = fmt.Errorf("query %s: %w", srv.address, err)
 	}
-	s.record(srv, err, started)
+	record(err)
 	// An answer is as old as its question: stamped when it was asked, a
 	// check one polling interval later never takes it for fresh.
 	return answer{value: f, err: err, at: started}

@@ -731,3 +731,46 @@ func TestAnswerStampedWhenAsked(t *testing.T) {
 		t.Error("a share window of 1s was accepted")
 	}
 }
+
+// A workload whose loop stops while it asks for others abandons the request;
+// those waiting ask again instead of reading the cancellation as an outage.
+func TestAbandonedQuestionAskedAgain(t *testing.T) {
+	arrived := make(chan struct{}, 4)
+	stub, unblock := newBlockingStub(t, arrived)
+	servers := mustServers(t, testOptions(stub.URL, nil))
+	md := Metadata{Query: "up", Threshold: 1}
+	stopping, waiting := mustNew(t, servers, md, time.Minute), mustNew(t, servers, md, time.Minute)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan error, 1)
+	go func() {
+		_, err := stopping.ShouldScaleFromZero(ctx)
+		stopped <- err
+	}()
+	<-arrived
+	type result struct {
+		active bool
+		err    error
+	}
+	waited := make(chan result, 1)
+	go func() {
+		active, err := waiting.ShouldScaleFromZero(context.Background())
+		waited <- result{active, err}
+	}()
+	time.Sleep(100 * time.Millisecond) // let it join the request in flight
+	cancel()
+	if err := <-stopped; !errors.Is(err, context.Canceled) {
+		t.Fatalf("stopped caller got %v, want context.Canceled", err)
+	}
+	select {
+	case <-arrived:
+	case r := <-waited:
+		t.Fatalf("waiting caller returned %v, %v without asking again", r.active, r.err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiting caller did not ask again")
+	}
+	unblock()
+	if r := <-waited; r.err != nil || !r.active {
+		t.Errorf("waiting caller got %v, %v; want true, nil", r.active, r.err)
+	}
+}

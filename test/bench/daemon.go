@@ -115,6 +115,30 @@ func (d *daemon) metrics(ctx context.Context) (metricFamilies, error) {
 	return parseMetrics(resp.Body)
 }
 
+// profile saves one of the daemon's pprof profiles (it runs with
+// --profiling) to path.
+func (d *daemon) profile(ctx context.Context, which, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.metricsURL+"/debug/pprof/"+which, nil)
+	if err != nil {
+		return err
+	}
+	// A CPU profile takes as long as it says; the scrape client's timeout
+	// is too short for it.
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", which, resp.Status)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
 // procSample is what /proc tells about the daemon at one moment.
 type procSample struct {
 	at       time.Time

@@ -42,6 +42,8 @@ type options struct {
 	fast   bool   // 5 s polling runs
 	wake   bool
 	cache  bool
+	// profile is a folder for the daemons' pprof profiles.
+	profile string
 }
 
 func main() {
@@ -56,6 +58,7 @@ func main() {
 	flag.BoolVar(&o.fast, "fast", true, "also measure at 5 s polling")
 	flag.BoolVar(&o.wake, "wake", true, "measure wake latency")
 	flag.BoolVar(&o.cache, "cache", true, "measure the informer cache in-process")
+	flag.StringVar(&o.profile, "profile", "", "save each steady daemon run's CPU profile (first window) and heap profile to this folder (development)")
 	flag.Parse()
 	sets, err := parseSets(o.sets, o.quick)
 	if err != nil || o.runs < 1 || o.singles < 1 {
@@ -83,7 +86,9 @@ type bench struct {
 	standin *standin
 	binary  string
 	logDir  string
-	began   time.Time
+	// profileDir, if set, receives the daemons' pprof profiles.
+	profileDir string
+	began      time.Time
 	// idleGoroutines is the daemon's goroutine count with no workload.
 	idleGoroutines float64
 }
@@ -111,7 +116,7 @@ func parseSets(list string, quick bool) ([]set, error) {
 }
 
 func run(ctx context.Context, o options, sets []set) (err error) {
-	b := &bench{began: time.Now()}
+	b := &bench{began: time.Now(), profileDir: o.profile}
 	rep := &report{Runs: o.runs, Quick: o.quick, Machine: machine()}
 
 	if b.logDir, err = os.MkdirTemp("", "zeroscaler-bench-"); err != nil {

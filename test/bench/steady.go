@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -47,9 +48,11 @@ func (b *bench) measureSteady(ctx context.Context, s set, polling time.Duration,
 	b.standin.setAll(activeValue)
 	b.standin.reset()
 	name := fmt.Sprintf("%s-poll%s", s.name(), polling)
-	d, err := b.startDaemon(name,
-		"--selector", s.selector(),
-		"--default-polling-interval", polling.String())
+	args := []string{"--selector", s.selector(), "--default-polling-interval", polling.String()}
+	if b.profileDir != "" {
+		args = append(args, "--profiling")
+	}
+	d, err := b.startDaemon(name, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -79,6 +82,21 @@ func (b *bench) runSteady(ctx context.Context, d *daemon, res *steady, windows i
 	}
 	res.Window = max(2*polling, 20*time.Second)
 	intervals := res.Window.Seconds() / polling.Seconds()
+	if b.profileDir != "" {
+		name := filepath.Join(b.profileDir, fmt.Sprintf("%s-poll%s", s.name(), polling))
+		profiled := make(chan error, 1)
+		go func() {
+			profiled <- d.profile(ctx, fmt.Sprintf("profile?seconds=%d", int(res.Window.Seconds())), name+".cpu.pprof")
+		}()
+		defer func() {
+			if err := <-profiled; err != nil {
+				b.logf("  CPU profile: %v", err)
+			}
+			if err := d.profile(ctx, "heap", name+".heap.pprof"); err != nil {
+				b.logf("  heap profile: %v", err)
+			}
+		}()
+	}
 	for w := range windows {
 		before, err := b.snapshot(ctx, d)
 		if err != nil {
