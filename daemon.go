@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/uuid"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -151,6 +153,9 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 // metricsShutdownTimeout bounds the wait for scrapes in flight at exit.
 const metricsShutdownTimeout = 3 * time.Second
 
+// leaseReleaseTimeout bounds the release of the Lease at exit.
+const leaseReleaseTimeout = 5 * time.Second
+
 // lead runs work while this replica holds the Lease. It returns when ctx
 // ends or when leadership is lost. Either way it stops work and waits for it
 // before it releases the Lease, so that a new leader never acts while this
@@ -163,9 +168,11 @@ func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap
 	if err != nil {
 		return fmt.Errorf("create lease lock: %w", err)
 	}
-	// The elector releases the Lease as soon as its context ends, without
-	// waiting for OnStartedLeading to return; so it gets a context of its
-	// own, ended only once work has stopped.
+	// The elector does not release the Lease itself: when it fails to renew
+	// in time, it would do so at once, while work may still be finishing a
+	// write. It gets a context of its own, ended only once work has stopped,
+	// so that it keeps renewing while work winds down; the Lease is released
+	// below, once both have stopped.
 	electCtx, stopElecting := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopElecting()
 	leading := make(chan context.Context, 1)
@@ -174,7 +181,7 @@ func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap
 		LeaseDuration:   o.leaseDuration,
 		RenewDeadline:   o.renewDeadline,
 		RetryPeriod:     o.retryPeriod,
-		ReleaseOnCancel: true,
+		ReleaseOnCancel: false,
 		Name:            o.leaderElectionID,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: func(leadCtx context.Context) { leading <- leadCtx },
@@ -214,10 +221,49 @@ func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap
 	}
 	stopElecting()
 	<-electing
+	// Released on every path: the elector may have taken the Lease just as
+	// ctx ended, before work started.
+	releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseReleaseTimeout)
+	defer cancel()
+	if released, err := releaseLease(releaseCtx, lock, id); err != nil {
+		log.Warn("could not release the lease; a standby takes over once it expires", zap.String("lease", lock.Describe()), zap.Error(err))
+	} else if released {
+		log.Info("released the lease", zap.String("lease", lock.Describe()))
+	}
 	if lost {
 		return errors.New("lost leadership; exiting so that a fresh start can stand by")
 	}
 	return nil
+}
+
+// releaseLease gives up the Lease behind lock if id still holds it, so that a
+// standby takes over at once instead of waiting for it to expire, and reports
+// whether it did. A Lease that is missing or held by another replica is left
+// alone. The update carries the resourceVersion of the Lease that lock read,
+// so if another replica writes the Lease in between, the update fails with a
+// conflict and that replica's record stands.
+func releaseLease(ctx context.Context, lock resourcelock.Interface, id string) (bool, error) {
+	old, _, err := lock.Get(ctx)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get lease: %w", err)
+	}
+	if old.HolderIdentity != id {
+		return false, nil
+	}
+	now := metav1.Now()
+	err = lock.Update(ctx, resourcelock.LeaderElectionRecord{
+		LeaseDurationSeconds: 1,
+		LeaderTransitions:    old.LeaderTransitions,
+		AcquireTime:          now,
+		RenewTime:            now,
+	})
+	if err != nil {
+		return false, fmt.Errorf("update lease: %w", err)
+	}
+	return true, nil
 }
 
 func kubeConfig(path string) (*rest.Config, error) {
