@@ -69,6 +69,10 @@ type loopState struct {
 	// treating the marks as a wake by someone else.
 	sleepFailed bool
 
+	// clearPending is set after this loop woke the workload: its sleep
+	// marks are removed at the next check (see wake).
+	clearPending bool
+
 	// dry is what --dry-run pretends it wrote, laid over the real workload
 	// until the real one changes.
 	dry *dryView
@@ -280,6 +284,14 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	case ours && st.sleepFailed:
 		// Our own sleep stopped halfway; decide again as if awake.
 		h.checkAwake(ctx, st, w, now)
+	case ours && st.clearPending:
+		// Woken by this loop at the last check: now the marks go.
+		h.setState(st, StateAwake)
+		if err := h.clearMarks(ctx, st, w, w.ResourceVersion); err != nil {
+			st.log.Debug("could not clear sleep annotations after the wake; will retry", zap.Error(err))
+			return false
+		}
+		st.clearPending = false
 	case ours:
 		// Awake but still marked asleep: someone scaled it up, or we stopped
 		// between our two writes. Either way it is awake now.

@@ -114,22 +114,22 @@ func TestWakeFromZero(t *testing.T) {
 	}{
 		{
 			name: "active wakes to original-replicas", original: "3", reading: active,
-			wantWrites: []string{"scale web 3", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantWrites: []string{"scale web 3"},
 			wantEvents: [][]string{{"Normal ScaledFromZero scaled 0 → 3: q = 5 >= 1"}},
 		},
 		{
 			name: "value equal to the threshold wakes", original: "2", reading: reading{value: 1},
-			wantWrites: []string{"scale web 2", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantWrites: []string{"scale web 2"},
 			wantEvents: [][]string{{"Normal ScaledFromZero scaled 0 → 2: q = 1 >= 1"}},
 		},
 		{
 			name: "Prometheus down wakes it (fail open)", original: "3", reading: promDown,
-			wantWrites: []string{"scale web 3", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantWrites: []string{"scale web 3"},
 			wantEvents: [][]string{{"Warning WokeOnError scaled 0 → 3 because the metric could not be read: ", "connection refused"}},
 		},
 		{
 			name: "several series wake it (fail open)", original: "3", reading: multiple,
-			wantWrites: []string{"scale web 3", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantWrites: []string{"scale web 3"},
 			wantEvents: [][]string{
 				{"Warning InvalidScalingConfig annotation zeroscaler.io/query", "sum(...)"},
 				{"Warning WokeOnError scaled 0 → 3", "sum(...)"},
@@ -137,12 +137,12 @@ func TestWakeFromZero(t *testing.T) {
 		},
 		{
 			name: "unusable original-replicas wakes to min-replicas", original: "lots", minReplicas: 2, reading: active,
-			wantWrites: []string{"scale web 2", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantWrites: []string{"scale web 2"},
 			wantEvents: [][]string{{"Normal ScaledFromZero scaled 0 → 2: q = 5 >= 1"}},
 		},
 		{
 			name: "zero original-replicas wakes to min-replicas", original: "0", minReplicas: 4, reading: promDown,
-			wantWrites: []string{"scale web 4", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantWrites: []string{"scale web 4"},
 			wantEvents: [][]string{{"Warning WokeOnError scaled 0 → 4"}},
 		},
 		{
@@ -168,6 +168,21 @@ func TestWakeFromZero(t *testing.T) {
 			wantStrings(t, "writes", hs.world.takeWrites(), tc.wantWrites)
 			wantEvents(t, hs.takeEvents(), tc.wantEvents...)
 
+			// Marked until the next check either way: asleep, or woken with
+			// the marks' removal left to the next check.
+			if w := hs.workload("web"); w.Annotations[AnnotationOriginalReplicas] != tc.original {
+				t.Errorf("annotations after the check = %v, want the marks still there", w.Annotations)
+			}
+
+			// The next check, with the same reading, moves nothing, repeats
+			// no event, and clears the marks of a woken workload.
+			hs.tick(1)
+			var wantNext []string
+			if tc.wantWrites != nil {
+				wantNext = []string{"annotate web -original-replicas -scaled-to-zero-at"}
+			}
+			wantStrings(t, "writes at the next check", hs.world.takeWrites(), wantNext)
+			wantEvents(t, hs.takeEvents(), tc.nextEvents...)
 			w := hs.workload("web")
 			if tc.wantWrites != nil {
 				if _, marked, _ := w.OriginalReplicas(); marked || len(w.Annotations) != 0 {
@@ -176,12 +191,6 @@ func TestWakeFromZero(t *testing.T) {
 			} else if w.Replicas != 0 || w.Annotations[AnnotationOriginalReplicas] != tc.original {
 				t.Errorf("workload = %d replicas, annotations %v; want it asleep and marked", w.Replicas, w.Annotations)
 			}
-
-			// The next check, with the same reading, moves nothing and
-			// repeats no event.
-			hs.tick(1)
-			wantStrings(t, "writes at the next check", hs.world.takeWrites(), nil)
-			wantEvents(t, hs.takeEvents(), tc.nextEvents...)
 		})
 	}
 }
@@ -288,9 +297,7 @@ func TestConflictRetriedNextCheck(t *testing.T) {
 			t.Errorf(`scale_operations_total{up,conflict} = %v, want 1`, got)
 		}
 		hs.tick(1)
-		wantStrings(t, "writes at the next check", hs.world.takeWrites(), []string{
-			"scale web 3", "annotate web -original-replicas -scaled-to-zero-at",
-		})
+		wantStrings(t, "writes at the next check", hs.world.takeWrites(), []string{"scale web 3"})
 		wantEvents(t, hs.takeEvents(), []string{"Normal ScaledFromZero scaled 0 → 3"})
 	})
 	t.Run("scale write after the marks", func(t *testing.T) {
@@ -323,7 +330,12 @@ func TestConflictRetriedNextCheck(t *testing.T) {
 		hs.run()
 		hs.world.interfere(2)
 		hs.tick(1)
-		wantStrings(t, "writes at the conflicting check", hs.world.takeWrites(), []string{"scale web 3"})
+		wantStrings(t, "writes at the wake", hs.world.takeWrites(), []string{"scale web 3"})
+		hs.tick(1)
+		wantStrings(t, "writes at the conflicting check", hs.world.takeWrites(), nil)
+		if n := hs.world.conflictCount(); n != 1 {
+			t.Errorf("conflicts = %d, want 1", n)
+		}
 		hs.tick(1)
 		wantStrings(t, "writes at the next check", hs.world.takeWrites(), []string{
 			"annotate web -original-replicas -scaled-to-zero-at",
@@ -652,7 +664,9 @@ func TestStatefulSet(t *testing.T) {
 	})
 	hs.prom.set("q", active)
 	hs.tick(1)
-	wantStrings(t, "writes", hs.world.takeWrites(), []string{"scale db 2", "annotate db -original-replicas -scaled-to-zero-at"})
+	wantStrings(t, "writes", hs.world.takeWrites(), []string{"scale db 2"})
+	hs.tick(1)
+	wantStrings(t, "writes a check after the wake", hs.world.takeWrites(), []string{"annotate db -original-replicas -scaled-to-zero-at"})
 	for _, a := range hs.world.scales.Actions() {
 		if a.GetResource().Resource != "statefulsets" {
 			t.Errorf("scale request for %s, want statefulsets", a.GetResource())

@@ -22,6 +22,10 @@ import (
 //     which the next check clears;
 //   - to wake, replicas are restored first and the marks removed second; a
 //     crash in between leaves a running workload with stale marks, likewise.
+//     A managed workload's marks are removed at its next check rather than
+//     at once, so that a wake costs one write when it counts: when a
+//     thousand wake together, their scale writes do not queue behind each
+//     other's annotation patches.
 //
 // So a workload at 0 always carries its original count. Every write is
 // conditional on the resourceVersion the decision was made on; a conflict
@@ -78,6 +82,10 @@ func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, targ
 	st.lastReplicas = target
 	h.setState(st, StateAwake)
 	h.announce(st, w, eventType, reason, msg, 0, target)
+	if st.cfg.Mode == Managed {
+		st.clearPending = true
+		return nil
+	}
 	if err := h.clearMarks(ctx, st, w, rv); err != nil {
 		// The next check sees a running workload with marks and clears them.
 		st.log.Info("woke, but could not clear sleep annotations yet; will retry", zap.Error(err))
