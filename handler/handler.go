@@ -211,7 +211,9 @@ func (h *ScaleHandler) Running() int {
 }
 
 func (h *ScaleHandler) startLocked(cfg Config) {
-	ctx, cancel := context.WithCancel(h.runCtx)
+	// Not derived from runCtx: Run cancels every loop itself when it ends,
+	// and ten thousand children would only grow runCtx's map of them.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(h.runCtx))
 	r := &running{cancel: cancel}
 	key := cfg.Key()
 	h.loops[key] = r
