@@ -93,6 +93,9 @@ type world struct {
 	// interfereIn counts down the writes until someone else changes the
 	// workload just before one is applied: 1 means the next write.
 	interfereIn int
+	// lagging, while set, is what Get returns instead of the stored
+	// object: a cache behind the API server.
+	lagging map[string]Workload
 }
 
 func newWorld(t *testing.T, objs ...runtime.Object) *world {
@@ -245,6 +248,9 @@ func (w *world) reactScale(a ktesting.Action) (bool, runtime.Object, error) {
 func (w *world) Get(r Ref) (Workload, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if wl, ok := w.lagging[r.Key()]; ok {
+		return wl, true
+	}
 	u, err := w.getLocked(w.gvr(r.GroupVersionKind), r.Namespace, r.Name)
 	if err != nil {
 		return Workload{}, false
@@ -262,6 +268,21 @@ func (w *world) Get(r Ref) (Workload, bool) {
 		}
 	}
 	return wl, true
+}
+
+// lag makes Get return the workload as it is now until catchUp, as an
+// informer cache whose watch is behind.
+func (w *world) lag(r Ref) {
+	wl, _ := w.Get(r)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lagging = map[string]Workload{r.Key(): wl}
+}
+
+func (w *world) catchUp() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lagging = nil
 }
 
 // update changes a stored workload as someone else (a person, kubectl)

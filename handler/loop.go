@@ -69,6 +69,11 @@ type loopState struct {
 	// treating the marks as a wake by someone else.
 	sleepFailed bool
 
+	// written is the resourceVersion this loop's last write was decided
+	// on. While the cache still shows it, the write is not in the cache
+	// yet, and checks wait instead of deciding on the old object.
+	written string
+
 	// clearPending is set after this loop woke the workload: its sleep
 	// marks are removed at the next check (see wake).
 	clearPending bool
@@ -237,6 +242,15 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	w, ok := h.lister.Get(st.cfg.Ref)
 	if !ok {
 		return true // deleted; the informer tells us to forget it
+	}
+	if st.written != "" {
+		if w.ResourceVersion == st.written {
+			// The watch is behind (a herd of writes): deciding on the old
+			// object would only repeat our write and conflict.
+			st.log.Debug("the cache does not show our last write yet; waiting for it")
+			return false
+		}
+		st.written = ""
 	}
 	now := h.clock.Now()
 	if st.dry != nil {

@@ -704,3 +704,28 @@ func TestStoppingMidQueryWakesNothing(t *testing.T) {
 		})
 	}
 }
+
+// A cache behind the API server (a watch lagging under a herd of writes)
+// still shows the workload as it was before our write: the loop waits for
+// its write to show instead of writing again into a conflict.
+func TestCacheBehindOurWrite(t *testing.T) {
+	hs := newHarness(t, false, deployment("web", 0, asleep("3")))
+	hs.prom.set("q", active)
+	hs.h.Sync(managed("web"))
+	hs.run()
+	hs.world.lag(ref("web"))
+	hs.tick(1)
+	wantStrings(t, "writes at the wake", hs.world.takeWrites(), []string{"scale web 3"})
+	wantEvents(t, hs.takeEvents(), []string{"Normal ScaledFromZero scaled 0 → 3"})
+
+	hs.ticks(2)
+	wantStrings(t, "writes while the cache lags", hs.world.takeWrites(), nil)
+	wantEvents(t, hs.takeEvents())
+	if n := hs.world.conflictCount(); n != 0 {
+		t.Errorf("conflicts while the cache lags = %d, want 0", n)
+	}
+
+	hs.world.catchUp()
+	hs.tick(1)
+	wantStrings(t, "writes once the cache caught up", hs.world.takeWrites(), []string{"annotate web -original-replicas -scaled-to-zero-at"})
+}

@@ -53,6 +53,7 @@ func (h *ScaleHandler) sleep(ctx context.Context, st *loopState, w Workload, now
 		return err
 	}
 	st.sleepFailed = false
+	st.written = w.ResourceVersion
 	h.metrics.scaleOps.WithLabelValues("down", "ok").Inc()
 	h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
 	return nil
@@ -78,6 +79,7 @@ func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, targ
 		return err
 	}
 	h.metrics.scaleOps.WithLabelValues("up", "ok").Inc()
+	st.written = w.ResourceVersion
 	st.idleSince = h.clock.Now()
 	st.lastReplicas = target
 	h.setState(st, StateAwake)
@@ -102,6 +104,9 @@ func (h *ScaleHandler) clearMarks(ctx context.Context, st *loopState, w Workload
 		AnnotationOriginalReplicas: nil,
 		AnnotationScaledToZeroAt:   nil,
 	})
+	if err == nil {
+		st.written = w.ResourceVersion
+	}
 	return err
 }
 
