@@ -264,18 +264,23 @@ func (h *ScaleHandler) lock(key string) *sync.Mutex {
 // workload fall on a fixed grid: its polling period, shifted by a phase
 // derived from its question. Workloads asking the same question check at the
 // same moments and so share one request; different questions are spread
-// over the period instead of all firing at once. The phase is whole
-// seconds, so that the daemon wakes at most once a second however many
-// questions it asks, instead of once per question.
+// over the period instead of all firing at once. Phases fall on steps of a
+// twentieth of the period, at most a second: the daemon wakes at most once
+// a second at long periods however many questions it asks, and at short
+// ones a herd of due checks is still cut in twenty.
 func firstCheck(now time.Time, cfg Config) time.Time {
 	period := cfg.PollingPeriod
-	phase := time.Duration(questionHash(cfg.Metadata) % uint64(period)).Truncate(time.Second)
+	step := min(time.Second, period/phaseSteps)
+	phase := time.Duration(questionHash(cfg.Metadata) % uint64(period)).Truncate(step)
 	base := now.Truncate(period).Add(phase)
 	for !base.After(now) {
 		base = base.Add(period)
 	}
 	return base
 }
+
+// phaseSteps is how many phases a period has at least.
+const phaseSteps = 20
 
 // questionHash hashes what makes two workloads ask the same question. It
 // writes bytes directly: formatting (fmt with a map) would grow every loop

@@ -231,6 +231,31 @@ func TestFirstCheck(t *testing.T) {
 			t.Errorf("%d of %d phases in the first half of the period, want them spread", early, n)
 		}
 	})
+
+	t.Run("short periods have twenty phases", func(t *testing.T) {
+		// At a 2s period, whole seconds would leave two phases: a herd of
+		// wakes would come in two bursts. Steps of 100ms leave twenty.
+		const short = 2 * time.Second
+		phases := map[time.Duration]int{}
+		const n = 400
+		for i := range n {
+			q := question("", fmt.Sprintf("sum(rate(q%d[1m]))", i), nil)
+			q.PollingPeriod = short
+			p := firstCheck(start, q).Sub(epoch) % short
+			if p%(100*time.Millisecond) != 0 {
+				t.Errorf("phase %s is not on a 100ms step", p)
+			}
+			phases[p]++
+		}
+		if len(phases) != 20 {
+			t.Errorf("%d questions share %d phases, want 20", n, len(phases))
+		}
+		for p, k := range phases {
+			if k > 2*n/20 {
+				t.Errorf("phase %s has %d of %d questions, want about %d", p, k, n, n/20)
+			}
+		}
+	})
 }
 
 func TestConfigEqual(t *testing.T) {
