@@ -96,6 +96,9 @@ type world struct {
 	// lagging, while set, is what Get returns instead of the stored
 	// object: a cache behind the API server.
 	lagging map[string]Workload
+	// hidden workloads are in the API server but not in the cache, as
+	// when relabelled out of --selector.
+	hidden map[string]bool
 }
 
 func newWorld(t *testing.T, objs ...runtime.Object) *world {
@@ -251,23 +254,14 @@ func (w *world) Get(r Ref) (Workload, bool) {
 	if wl, ok := w.lagging[r.Key()]; ok {
 		return wl, true
 	}
+	if w.hidden[r.Key()] {
+		return Workload{}, false
+	}
 	u, err := w.getLocked(w.gvr(r.GroupVersionKind), r.Namespace, r.Name)
 	if err != nil {
 		return Workload{}, false
 	}
-	wl := Workload{Ref: r, UID: u.GetUID(), ResourceVersion: u.GetResourceVersion(), Replicas: 1}
-	if n, found, _ := unstructured.NestedInt64(u.Object, "spec", "replicas"); found {
-		wl.Replicas = int32(n)
-	}
-	for k, v := range u.GetAnnotations() {
-		if strings.HasPrefix(k, "zeroscaler.io/") {
-			if wl.Annotations == nil {
-				wl.Annotations = map[string]string{}
-			}
-			wl.Annotations[k] = v
-		}
-	}
-	return wl, true
+	return workloadFrom(r, u), true
 }
 
 // lag makes Get return the workload as it is now until catchUp, as an
@@ -277,6 +271,13 @@ func (w *world) lag(r Ref) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.lagging = map[string]Workload{r.Key(): wl}
+}
+
+// hide takes a workload out of the cache but not out of the API server.
+func (w *world) hide(r Ref) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.hidden = map[string]bool{r.Key(): true}
 }
 
 func (w *world) catchUp() {

@@ -240,6 +240,13 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	}
 
 	w, ok := h.lister.Get(st.cfg.Ref)
+	if !ok && st.cfg.OutOfScope {
+		var err error
+		if w, ok, err = h.getLive(ctx, st.cfg.Ref); err != nil {
+			st.log.Info("cannot read a sleeping workload that left the watched selector; will retry", zap.Error(err))
+			return false
+		}
+	}
 	if !ok {
 		return true // deleted; the informer tells us to forget it
 	}
@@ -273,8 +280,11 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 			return true
 		}
 		reason := "the zeroscaler.io/query annotation was removed"
-		if st.cfg.Mode == Invalid {
+		switch {
+		case st.cfg.Mode == Invalid:
 			reason = "its scaling configuration is invalid"
+		case st.cfg.OutOfScope:
+			reason = "it no longer matches the daemon's --selector"
 		}
 		target := h.wakeTarget(st, original, origErr)
 		msg := fmt.Sprintf("scaled 0 → %d: woke because %s", target, reason)

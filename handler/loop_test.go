@@ -433,6 +433,7 @@ func TestReleased(t *testing.T) {
 		name       string
 		obj        *appsv1.Deployment
 		wakeTo     int32
+		outOfScope bool
 		wantWrites []string
 		wantEvents [][]string
 	}{
@@ -458,14 +459,28 @@ func TestReleased(t *testing.T) {
 			name: "already running", obj: deployment("web", 2, asleep("3")),
 			wantWrites: []string{"annotate web -original-replicas -scaled-to-zero-at"},
 		},
+		{
+			// Not in the cache any more, but in the API server.
+			name: "relabelled out of the selector while asleep", obj: deployment("web", 0, asleep("3")), outOfScope: true,
+			wantWrites: []string{"scale web 3", "annotate web -original-replicas -scaled-to-zero-at"},
+			wantEvents: [][]string{{"Normal ScaledFromZero scaled 0 → 3: woke because it no longer matches the daemon's --selector"}},
+		},
+		{name: "out of the selector and deleted", outOfScope: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			hs := newHarness(t, false, tc.obj)
+			var objs []runtime.Object
+			if tc.obj != nil {
+				objs = append(objs, tc.obj)
+			}
+			hs := newHarness(t, false, objs...)
+			if tc.outOfScope {
+				hs.world.hide(ref("web"))
+			}
 			hs.prom.set("q", promDown) // a released workload asks nobody
 			hs.run()
 			// As the informer sends it: no polling period.
-			hs.h.Sync(Config{Ref: ref("web"), Mode: Released, WakeTo: tc.wakeTo})
+			hs.h.Sync(Config{Ref: ref("web"), Mode: Released, WakeTo: tc.wakeTo, OutOfScope: tc.outOfScope})
 			hs.parked(1)
 			hs.clock.Step(0) // the wake is due at once
 			hs.loopDone("web")

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -62,6 +64,26 @@ func ParseOriginalReplicas(annotations map[string]string) (int32, bool, error) {
 	return int32(n), true, nil
 }
 
+// workloadFrom reads a Workload from an object as the API server returns
+// it, keeping only the zeroscaler.io/ annotations, as the cache does.
+func workloadFrom(ref Ref, u *unstructured.Unstructured) Workload {
+	w := Workload{Ref: ref, UID: u.GetUID(), ResourceVersion: u.GetResourceVersion(), Replicas: 1}
+	if n, found, _ := unstructured.NestedInt64(u.Object, "spec", "replicas"); found {
+		w.Replicas = int32(n)
+	}
+	for k, v := range u.GetAnnotations() {
+		if strings.HasPrefix(k, annotationPrefix) {
+			if w.Annotations == nil {
+				w.Annotations = map[string]string{}
+			}
+			w.Annotations[k] = v
+		}
+	}
+	return w
+}
+
+const annotationPrefix = "zeroscaler.io/"
+
 func (w Workload) objectReference() *corev1.ObjectReference {
 	apiVersion, kind := w.GroupVersionKind.ToAPIVersionAndKind()
 	return &corev1.ObjectReference{
@@ -105,6 +127,10 @@ type Config struct {
 	// WakeTo, if set, is an original count remembered from an earlier
 	// version of the object, used when the annotation itself is gone.
 	WakeTo int32
+	// OutOfScope is set on a Released workload that left the informers'
+	// view (relabelled out of --selector) while asleep: its loop reads it
+	// from the API server, since the cache no longer holds it.
+	OutOfScope bool
 }
 
 // Equal reports whether two configurations would run the same loop.

@@ -182,6 +182,24 @@ func (h *ScaleHandler) scale(ctx context.Context, ref Ref, rv string, replicas i
 	return out.ResourceVersion, nil
 }
 
+// getLive reads a workload from the API server; ok is false if it is gone.
+func (h *ScaleHandler) getLive(ctx context.Context, ref Ref) (w Workload, ok bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
+	if err != nil {
+		return Workload{}, false, fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
+	}
+	u, err := h.kDynamicClient.Resource(mapping.Resource).Namespace(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return Workload{}, false, nil
+	case err != nil:
+		return Workload{}, false, fmt.Errorf("get %s: %w", ref.Key(), err)
+	}
+	return workloadFrom(ref, u), true, nil
+}
+
 const fieldManager = "zeroscaler"
 
 func ptr[T any](v T) *T { return &v }

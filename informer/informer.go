@@ -47,6 +47,9 @@ type Informer struct {
 	byKind   map[schema.GroupVersionKind]cache.SharedIndexInformer
 	handler  Handler
 	defaults Defaults
+	// selector is --selector: with one, a workload relabelled out of it
+	// looks deleted.
+	selector string
 
 	// owed holds, per workload key, the count a released workload is to be
 	// woken to while it stays at zero. When the user removes every
@@ -67,6 +70,7 @@ func New(client kubernetes.Interface, o Options) *Informer {
 			informers.WithTransform(lean),
 		),
 		defaults: o.Defaults,
+		selector: o.Selector,
 	}
 	i.byKind = map[schema.GroupVersionKind]cache.SharedIndexInformer{
 		deploymentKind:  i.factory.Apps().V1().Deployments().Informer(),
@@ -171,10 +175,19 @@ func (i *Informer) deleted(gvk schema.GroupVersionKind, obj any) {
 	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 		obj = d.Obj
 	}
-	if w, ok := toWorkload(gvk, obj); ok {
-		i.forgive(w.Ref)
-		i.handler.Forget(w.Ref)
+	w, ok := toWorkload(gvk, obj)
+	if !ok {
+		return
 	}
+	i.forgive(w.Ref)
+	// Relabelled out of --selector, a workload looks deleted. If we put it
+	// to sleep it may still be there, asleep, with nobody to wake it: its
+	// loop looks it up and wakes it, as if its annotations were removed.
+	if _, marked, _ := w.OriginalReplicas(); marked && w.Replicas == 0 && i.selector != "" {
+		i.handler.Sync(handler.Config{Ref: w.Ref, Mode: handler.Released, OutOfScope: true})
+		return
+	}
+	i.handler.Forget(w.Ref)
 }
 
 // owe records that the unmanaged workload w is owed a wake to wakeTo, if

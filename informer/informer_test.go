@@ -471,12 +471,25 @@ func TestDeleted(t *testing.T) {
 	web := handler.Ref{GroupVersionKind: deploymentKind, Namespace: "shop", Name: "web"}
 	db := handler.Ref{GroupVersionKind: statefulSetKind, Namespace: "shop", Name: "db"}
 	tests := []struct {
-		name string
-		gvk  schema.GroupVersionKind
-		obj  any
-		want []handlerCall
+		name     string
+		selector string
+		gvk      schema.GroupVersionKind
+		obj      any
+		want     []handlerCall
 	}{
 		{name: "deployment", gvk: deploymentKind, obj: must(lean(fullDeployment("web", int32p(0), sleeping(nil)))), want: []handlerCall{{forget: true, ref: web}}},
+		{
+			// With a selector, "deleted" may be "relabelled out of it": a
+			// workload we put to sleep is looked up and woken.
+			name: "asleep, with a selector", selector: "team=web", gvk: deploymentKind,
+			obj:  must(lean(fullDeployment("web", int32p(0), sleeping(managedAnnotations)))),
+			want: []handlerCall{{cfg: handler.Config{Ref: web, Mode: handler.Released, OutOfScope: true}, ref: web}},
+		},
+		{
+			name: "awake, with a selector", selector: "team=web", gvk: deploymentKind,
+			obj:  must(lean(fullDeployment("web", int32p(2), managedAnnotations))),
+			want: []handlerCall{{forget: true, ref: web}},
+		},
 		{name: "statefulset", gvk: statefulSetKind, obj: must(lean(fullStatefulSet("db", int32p(1), nil))), want: []handlerCall{{forget: true, ref: db}}},
 		{
 			name: "final state unknown",
@@ -490,7 +503,7 @@ func TestDeleted(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := &recordingHandler{}
-			i := &Informer{handler: rec, defaults: informerTestDefaults}
+			i := &Informer{handler: rec, defaults: informerTestDefaults, selector: tc.selector}
 			i.deleted(tc.gvk, tc.obj)
 			if got := rec.take(); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("calls = %v, want %v", got, tc.want)

@@ -388,7 +388,19 @@ func (w *workload) mustGet(t *testing.T) snapshot {
 // user would with kubectl annotate.
 func (w *workload) annotate(t *testing.T, set map[string]*string) {
 	t.Helper()
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": set}})
+	w.patchMetadata(t, "annotations", set)
+}
+
+// label sets labels, or removes those whose value is nil, as kubectl label
+// would.
+func (w *workload) label(t *testing.T, set map[string]*string) {
+	t.Helper()
+	w.patchMetadata(t, "labels", set)
+}
+
+func (w *workload) patchMetadata(t *testing.T, field string, set map[string]*string) {
+	t.Helper()
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{field: set}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +412,7 @@ func (w *workload) annotate(t *testing.T, set map[string]*string) {
 		_, err = w.cs.AppsV1().StatefulSets(w.ns).Patch(ctx, w.name, types.MergePatchType, patch, metav1.PatchOptions{})
 	}
 	if err != nil {
-		t.Fatalf("annotate %s: %v", w, err)
+		t.Fatalf("patch the %s of %s: %v", field, w, err)
 	}
 }
 

@@ -456,6 +456,37 @@ func TestScenarioReleaseAndPause(t *testing.T) {
 	})
 }
 
+// A sleeping workload relabelled out of the daemon's --selector looks
+// deleted to the daemon's informers; it is woken to its original count and
+// let go, as when its annotations are removed.
+func TestScenarioRelabelledWhileAsleep(t *testing.T) {
+	t.Parallel()
+	cs := clientset(t)
+	ns := newNamespace(t, cs)
+	series := ns + "/relabelled"
+	setMetric(t, series, 0)
+	w := createWorkload(t, cs, statefulSet, ns, "relabelled", 3, annotations(stack.Exporter.Query(series)))
+	w.label(t, map[string]*string{"zeroscaler-e2e/shard": str("a")})
+	startDaemon(t, "zeroscaler", ns, "--selector", "zeroscaler-e2e/shard=a")
+	w.waitAsleep(t, 3)
+
+	w.label(t, map[string]*string{"zeroscaler-e2e/shard": str("b")})
+	w.waitAwake(t, settle, 3)
+	w.waitForEvent(t, reasonScaledFromZero, corev1.EventTypeNormal)
+	// Let go: though its metric is still idle, it does not sleep again.
+	hold(t, quietPeriod(cooldown, polling), func(ctx context.Context) error {
+		s, err := w.get(ctx)
+		if err != nil {
+			t.Logf("get %s: %v", w, err)
+			return nil
+		}
+		if s.replicas != 3 || s.marked() {
+			return fmt.Errorf("%s left the selector but moved: %s", w, s)
+		}
+		return nil
+	})
+}
+
 // Scenario 10: someone scales a sleeping workload to 2 by hand: it stays
 // at 2, its sleep annotations are cleared, and a full cooldown must pass
 // from that moment before it is scaled to zero again.
