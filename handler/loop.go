@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -42,6 +43,10 @@ type loopState struct {
 	decider Decider
 	log     *zap.Logger
 	state   string
+
+	// mu is the workload's scale lock, shared with any other loop of the
+	// same workload (see ScaleHandler.scaleLocks).
+	mu *sync.Mutex
 
 	// next is the loop's next check; period spaces its checks.
 	next   time.Time
@@ -109,6 +114,7 @@ func (h *ScaleHandler) newLoopState(cfg Config) *loopState {
 		log:          h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
 		idleSince:    h.clock.Now(),
 		lastReplicas: -1,
+		mu:           h.lock(cfg.Key()),
 		slots:        h.slots,
 		work:         h.work,
 		// Invalid and released workloads need at most one wake: do it
@@ -232,9 +238,8 @@ func (st *loopState) yieldSlot() {
 // check runs one check of one workload. It returns true when the loop has
 // nothing left to do.
 func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
-	mu := h.lock(st.cfg.Key())
-	mu.Lock()
-	defer mu.Unlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	if ctx.Err() != nil {
 		return true
 	}

@@ -38,6 +38,9 @@ type prometheusScaler struct {
 	// headers is what every request of this scaler carries: the workload's
 	// own under the default headers (default server only).
 	headers map[string]string
+	// metric is the workload's query with those headers, its sharing key
+	// worked out once.
+	metric question
 
 	mu   sync.Mutex
 	last Reading
@@ -71,6 +74,7 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 			s.headers[http.CanonicalHeaderKey(k)] = v
 		}
 	}
+	s.metric = newQuestion(md.Query, s.headers)
 	return s, nil
 }
 
@@ -78,7 +82,7 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 // for the whole cooldown window. A gap in the data counts as down.
 func (s *prometheusScaler) IsHealthy(ctx context.Context) (bool, error) {
 	q := HealthQuery(s.metadata.UptimeFilter, s.cooldownPeriod)
-	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, q, healthShareWindow)
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, newQuestion(q, s.headers), healthShareWindow)
 	if err != nil {
 		return false, fmt.Errorf("health query: %w", err)
 	}
@@ -129,7 +133,7 @@ func (s *prometheusScaler) LastReading() Reading {
 func (s *prometheusScaler) Close(context.Context) error { return nil }
 
 func (s *prometheusScaler) read(ctx context.Context) (Reading, error) {
-	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.headers, s.metadata.Query, s.servers.shareWindow)
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, s.metric, s.servers.shareWindow)
 	if err != nil {
 		return Reading{}, err
 	}

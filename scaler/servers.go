@@ -297,13 +297,13 @@ func (s *Servers) addresses() []string {
 // query returns the single value of promql on server addr, sending the
 // request only if no answer to the same question is fresh enough and none is
 // in flight.
-func (s *Servers) query(ctx context.Context, addr string, headers map[string]string, promql string, window time.Duration) (float64, error) {
+func (s *Servers) query(ctx context.Context, addr string, q question, window time.Duration) (float64, error) {
 	srv, ok := s.byAddress[addr]
 	if !ok {
 		// Parsing rejects such addresses; this is a second lock on the door.
 		return 0, fmt.Errorf("%s is not an allowed Prometheus server", addr)
 	}
-	key := questionKey(promql, headers)
+	key, headers, promql := q.key, q.headers, q.promql
 	for {
 		srv.mu.Lock()
 		if a, ok := srv.freshLocked(key, s.clock.Now(), window); ok {
@@ -469,6 +469,18 @@ func ResultKind(err error) string {
 		return "server_error"
 	}
 	return "error"
+}
+
+// question is a query with the headers it is sent with, and the key its
+// answer is shared under.
+type question struct {
+	promql  string
+	headers map[string]string
+	key     string
+}
+
+func newQuestion(promql string, headers map[string]string) question {
+	return question{promql: promql, headers: headers, key: questionKey(promql, headers)}
 }
 
 // questionKey identifies a question: two workloads share an answer only if

@@ -201,7 +201,7 @@ func TestUnlistedServerNeverAsked(t *testing.T) {
 		t.Errorf("New accepted an unlisted server: %v, %v", s, err)
 	}
 	// The second lock on the door, below New.
-	if _, err := servers.query(context.Background(), unlisted.URL, nil, "q", servers.shareWindow); err == nil {
+	if _, err := servers.query(context.Background(), unlisted.URL, newQuestion("q", nil), servers.shareWindow); err == nil {
 		t.Error("query accepted an unlisted server")
 	}
 	if n := len(unlisted.requests()); n != 0 {
