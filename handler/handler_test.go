@@ -205,18 +205,8 @@ func TestFirstCheck(t *testing.T) {
 		// Phases are whole seconds of the period (the daemon wakes at most
 		// once a second), spread over it: at a 5m period, 50 questions
 		// land on (nearly) 50 different seconds.
-		const long = 5 * time.Minute
-		phases := map[time.Duration]bool{}
-		const n = 50
-		for i := range n {
-			q := question("", fmt.Sprintf("sum(rate(q%d[1m]))", i), nil)
-			q.PollingPeriod = long
-			p := firstCheck(start, q).Sub(epoch) % long
-			if p%time.Second != 0 {
-				t.Errorf("phase %s is not whole seconds", p)
-			}
-			phases[p] = true
-		}
+		const long, n = 5 * time.Minute, 50
+		phases := phasesOf(t, n, long, time.Second)
 		if len(phases) < n*4/5 {
 			t.Errorf("%d distinct queries share %d phases, want nearly %d", n, len(phases), n)
 		}
@@ -235,18 +225,8 @@ func TestFirstCheck(t *testing.T) {
 	t.Run("short periods have twenty phases", func(t *testing.T) {
 		// At a 2s period, whole seconds would leave two phases: a herd of
 		// wakes would come in two bursts. Steps of 100ms leave twenty.
-		const short = 2 * time.Second
-		phases := map[time.Duration]int{}
-		const n = 400
-		for i := range n {
-			q := question("", fmt.Sprintf("sum(rate(q%d[1m]))", i), nil)
-			q.PollingPeriod = short
-			p := firstCheck(start, q).Sub(epoch) % short
-			if p%(100*time.Millisecond) != 0 {
-				t.Errorf("phase %s is not on a 100ms step", p)
-			}
-			phases[p]++
-		}
+		const short, n = 2 * time.Second, 400
+		phases := phasesOf(t, n, short, 100*time.Millisecond)
 		if len(phases) != 20 {
 			t.Errorf("%d questions share %d phases, want 20", n, len(phases))
 		}
@@ -256,6 +236,22 @@ func TestFirstCheck(t *testing.T) {
 			}
 		}
 	})
+}
+
+// phasesOf counts how many of n distinct questions polled every period
+// fall on each phase, and checks that every phase is on a step.
+func phasesOf(t *testing.T, n int, period, step time.Duration) map[time.Duration]int {
+	t.Helper()
+	phases := map[time.Duration]int{}
+	for i := range n {
+		cfg := Config{PollingPeriod: period, Metadata: scaler.Metadata{Query: fmt.Sprintf("sum(rate(q%d[1m]))", i), Threshold: 1}}
+		p := firstCheck(start, cfg).Sub(time.Unix(0, 0)) % period
+		if p%step != 0 {
+			t.Errorf("phase %s is not on a %s step", p, step)
+		}
+		phases[p]++
+	}
+	return phases
 }
 
 func TestConfigEqual(t *testing.T) {

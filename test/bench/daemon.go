@@ -86,57 +86,47 @@ func (d *daemon) alive() error {
 }
 
 func (d *daemon) ready(ctx context.Context) bool {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.metricsURL+"/readyz", nil)
-	if err != nil {
-		return false
-	}
-	resp, err := d.http.Do(req)
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode == http.StatusOK
+	_, err := d.fetch(ctx, d.http, "/readyz")
+	return err == nil
 }
 
 func (d *daemon) metrics(ctx context.Context) (metricFamilies, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.metricsURL+"/metrics", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := d.http.Do(req)
+	b, err := d.fetch(ctx, d.http, "/metrics")
 	if err != nil {
 		return nil, fmt.Errorf("scrape daemon: %w", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("scrape daemon: %s", resp.Status)
-	}
-	return parseMetrics(resp.Body)
+	return parseMetrics(bytes.NewReader(b))
 }
 
 // profile saves one of the daemon's pprof profiles (it runs with
 // --profiling) to path.
 func (d *daemon) profile(ctx context.Context, which, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.metricsURL+"/debug/pprof/"+which, nil)
-	if err != nil {
-		return err
-	}
 	// A CPU profile takes as long as it says; the scrape client's timeout
 	// is too short for it.
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", which, resp.Status)
-	}
-	b, err := io.ReadAll(resp.Body)
+	b, err := d.fetch(ctx, http.DefaultClient, "/debug/pprof/"+which)
 	if err != nil {
 		return err
 	}
 	return os.WriteFile(path, b, 0o644)
+}
+
+// fetch GETs path from the daemon's metrics server and returns the body of
+// a 200 answer.
+func (d *daemon) fetch(ctx context.Context, client *http.Client, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, d.metricsURL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return b, err
 }
 
 // procSample is what /proc tells about the daemon at one moment.
