@@ -170,7 +170,11 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 				continue
 			}
 			replicas = *d.Spec.Replicas
-			line(ctx, stack, replicas, fmt.Sprintf("replicas now %d (original-replicas annotation: %q)", replicas, d.Annotations["zeroscaler.io/original-replicas"]))
+			note := fmt.Sprintf("original-replicas annotation: %q", d.Annotations["zeroscaler.io/original-replicas"])
+			if replicas > 0 && d.Annotations["zeroscaler.io/original-replicas"] != "" {
+				note += ", removed at the next check"
+			}
+			line(ctx, stack, replicas, fmt.Sprintf("replicas now %d (%s)", replicas, note))
 			switch {
 			case replicas == 0 && phase == "quiet":
 				sleptAt = time.Now()
