@@ -286,7 +286,7 @@ func (r *report) writeWakes(w io.Writer) {
 	fmt.Fprintf(w, "## Wake latency\n\n")
 	fmt.Fprintf(w, "N = 1,000 Deployments, one question each, `--default-polling-interval 2s --default-cooldown-period 2s`. All are put to sleep (value 0) first; then single workloads are woken one at a time at random moments of the polling grid, and then all 1,000 at once (every value set to 5 in one step). Target: p99 ≤ polling interval + 1 s = %s; ideal: about half the polling interval at p50.\n\n", secs(target))
 	if r.ScaleWrites > 0 {
-		fmt.Fprintf(w, "For scale: the benchmark's own client (32 workers, no client-side limit worth the name) gets %s scale writes through this API server in %s, %.0f per second, with nothing else running. Each wake costs the daemon a scale write, an annotation patch and an Event.\n\n",
+		fmt.Fprintf(w, "For scale: the benchmark's own client (32 workers, no client-side limit worth the name) gets %s scale writes through this API server in %s, %.0f per second, with nothing else running. Each wake costs the daemon a scale write and an Event; the annotation patch that removes the sleep marks follows at the next check.\n\n",
 			thousands(2000), secs(r.ScaleWrites), 2000/r.ScaleWrites.Seconds())
 	}
 	fmt.Fprintf(w, "| API limits | All %s to sleep | 1 wakes: p50 | p99 | max (n) | %s at once: p50 | p99 | last |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
