@@ -643,3 +643,18 @@ func TestReleasedWakeOwedAcrossUpdates(t *testing.T) {
 		t.Errorf("after delete and re-create: handler heard %v, want the last to be %v", got, forget)
 	}
 }
+
+// A cached object deep-copies: equal, and sharing nothing that a change to
+// the copy would reach.
+func TestCachedDeepCopy(t *testing.T) {
+	orig := must(lean(fullDeployment("web", int32p(2), managedAnnotations))).(*cached)
+	cp, ok := orig.DeepCopyObject().(*cached)
+	if !ok || !reflect.DeepEqual(cp, orig) {
+		t.Fatalf("copy = %#v, want %#v", cp, orig)
+	}
+	*cp.Replicas = 7
+	cp.Annotations[AnnotationQuery] = "changed"
+	if *orig.Replicas != 2 || orig.Annotations[AnnotationQuery] != managedAnnotations[AnnotationQuery] {
+		t.Errorf("changing the copy changed the original: %#v", orig)
+	}
+}
