@@ -302,6 +302,18 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	st.lastReplicas = w.Replicas
 
 	switch {
+	case asleep && st.clearPending:
+		// Woken by this loop, then scaled back to zero by someone before
+		// the marks went (the cache shows a version after our write, see
+		// written): not our sleep. People win; the marks go.
+		h.setState(st, StateAwake)
+		st.idleSince = now
+		if err := h.clearMarks(ctx, st, w, w.ResourceVersion); err != nil {
+			st.log.Info("could not clear sleep annotations; will retry", zap.Error(err))
+			return false
+		}
+		st.clearPending = false
+		st.log.Info("scaled to zero by someone right after zeroscaler woke it; leaving it alone and clearing the sleep annotations")
 	case asleep:
 		h.setState(st, StateAsleep)
 		h.checkAsleep(ctx, st, w, original, origErr)

@@ -744,3 +744,26 @@ func TestCacheBehindOurWrite(t *testing.T) {
 	hs.tick(1)
 	wantStrings(t, "writes once the cache caught up", hs.world.takeWrites(), []string{"annotate web -original-replicas -scaled-to-zero-at"})
 }
+
+// Someone scales a workload back to zero right after zeroscaler woke it,
+// before its marks went: that zero is theirs, not a sleep of ours. The
+// marks go and it is left at zero, though its metric is active.
+func TestScaledToZeroRightAfterWake(t *testing.T) {
+	hs := newHarness(t, false, deployment("web", 0, asleep("3")))
+	hs.prom.set("q", active)
+	hs.h.Sync(managed("web"))
+	hs.run()
+	hs.tick(1)
+	wantStrings(t, "writes at the wake", hs.world.takeWrites(), []string{"scale web 3"})
+	hs.takeEvents()
+
+	hs.world.setReplicas(ref("web"), 0)
+	hs.tick(1)
+	wantStrings(t, "writes at the next check", hs.world.takeWrites(), []string{"annotate web -original-replicas -scaled-to-zero-at"})
+	hs.ticks(3)
+	wantStrings(t, "writes later", hs.world.takeWrites(), nil)
+	wantEvents(t, hs.takeEvents())
+	if w := hs.workload("web"); w.Replicas != 0 || len(w.Annotations) != 0 {
+		t.Errorf("workload = %d replicas, annotations %v; want 0 and none of ours", w.Replicas, w.Annotations)
+	}
+}
