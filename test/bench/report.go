@@ -54,6 +54,8 @@ type row struct {
 	ideal  string
 	ratios []string
 	met    []string
+	// fast rows come from the 5 s polling runs alone.
+	fast bool
 }
 
 func (r *report) write(w io.Writer) {
@@ -197,7 +199,7 @@ func (r *report) rows(rs []*result) []row {
 			met:    each(func(res *result) string { return verdict(median(vals(res)) == 0) }),
 		}
 	}
-	return []row{
+	rows := []row{
 		{
 			figure: "Caches synced (`/readyz`) after start",
 			values: each(func(res *result) string { return secs(res.Slow.Startup.Ready) }),
@@ -257,10 +259,10 @@ func (r *report) rows(rs []*result) []row {
 		{
 			figure: "CPU at 5 s polling, s per minute (% of one core)",
 			values: each(func(res *result) string { return cpu(median(res.fast().CPUPerMin)) }),
-			target: "—", ideal: "—",
+			target: "—", ideal: "—", fast: true,
 		},
 		reqRow("Prometheus requests per polling interval (30 s)", func(res *result) *steady { return res.Slow }),
-		reqRow("Prometheus requests per polling interval (5 s)", (*result).fast),
+		fastRow(reqRow("Prometheus requests per polling interval (5 s)", (*result).fast)),
 		{
 			figure: "New TCP connections to Prometheus per interval (30 s)",
 			values: each(func(res *result) string { return fmt.Sprintf("%.1f", median(res.Slow.ConnsPerInterval)) }),
@@ -276,6 +278,16 @@ func (r *report) rows(rs []*result) []row {
 			return append(slices.Clone(res.Slow.ServerWritesPerMin), res.fast().ServerWritesPerMin...)
 		}),
 	}
+	if !slices.ContainsFunc(rs, func(res *result) bool { return res.Fast != nil }) {
+		// Run with -fast=false: no 5 s figures to show.
+		rows = slices.DeleteFunc(rows, func(x row) bool { return x.fast })
+	}
+	return rows
+}
+
+func fastRow(x row) row {
+	x.fast = true
+	return x
 }
 
 func (r *report) writeWakes(w io.Writer) {
