@@ -281,30 +281,23 @@ func leanMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 	return out
 }
 
+// toWorkload reads a cached object; the informers hold nothing else, since
+// lean transforms every object before it enters the cache or reaches a
+// handler.
 func toWorkload(gvk schema.GroupVersionKind, obj any) (handler.Workload, bool) {
-	var (
-		meta     metav1.ObjectMeta
-		replicas *int32
-	)
-	switch o := obj.(type) {
-	case *cached:
-		meta, replicas = o.ObjectMeta, o.Replicas
-	case *appsv1.Deployment:
-		meta, replicas = o.ObjectMeta, o.Spec.Replicas
-	case *appsv1.StatefulSet:
-		meta, replicas = o.ObjectMeta, o.Spec.Replicas
-	default:
+	c, ok := obj.(*cached)
+	if !ok {
 		return handler.Workload{}, false
 	}
 	w := handler.Workload{
-		Ref:             handler.Ref{GroupVersionKind: gvk, Namespace: meta.Namespace, Name: meta.Name},
-		UID:             meta.UID,
-		ResourceVersion: meta.ResourceVersion,
+		Ref:             handler.Ref{GroupVersionKind: gvk, Namespace: c.Namespace, Name: c.Name},
+		UID:             c.UID,
+		ResourceVersion: c.ResourceVersion,
 		Replicas:        1, // the API server's default for both kinds
-		Annotations:     meta.Annotations,
+		Annotations:     c.Annotations,
 	}
-	if replicas != nil {
-		w.Replicas = *replicas
+	if c.Replicas != nil {
+		w.Replicas = *c.Replicas
 	}
 	return w, true
 }

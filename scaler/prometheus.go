@@ -35,11 +35,9 @@ type prometheusScaler struct {
 	defaultHeaders map[string]string
 
 	servers *Servers
-	// headers is what every request of this scaler carries: the workload's
-	// own under the default headers (default server only).
-	headers map[string]string
-	// metric is the workload's query with those headers, its sharing key
-	// worked out once.
+	// metric is the workload's query with the headers every request of
+	// this scaler carries (the workload's own under the default headers,
+	// default server only), its sharing key worked out once.
 	metric question
 
 	mu   sync.Mutex
@@ -62,19 +60,19 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 		cooldownPeriod:       cooldown,
 		defaultServerAddress: servers.defaultAddress,
 		servers:              servers,
-		headers:              map[string]string{},
 	}
 	if md.ServerAddress == servers.defaultAddress {
 		s.defaultHeaders = servers.defaultHeaders
 	}
 	// The operator's headers win over a workload's of the same name, so
 	// that a header fencing tenants (X-Scope-OrgID) cannot be overridden.
+	headers := map[string]string{}
 	for _, h := range []map[string]string{md.Headers, s.defaultHeaders} {
 		for k, v := range h {
-			s.headers[http.CanonicalHeaderKey(k)] = v
+			headers[http.CanonicalHeaderKey(k)] = v
 		}
 	}
-	s.metric = newQuestion(md.Query, s.headers)
+	s.metric = newQuestion(md.Query, headers)
 	return s, nil
 }
 
@@ -82,7 +80,7 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 // for the whole cooldown window. A gap in the data counts as down.
 func (s *prometheusScaler) IsHealthy(ctx context.Context) (bool, error) {
 	q := HealthQuery(s.metadata.UptimeFilter, s.cooldownPeriod)
-	v, err := s.servers.query(ctx, s.metadata.ServerAddress, newQuestion(q, s.headers), healthShareWindow)
+	v, err := s.servers.query(ctx, s.metadata.ServerAddress, newQuestion(q, s.metric.headers), healthShareWindow)
 	if err != nil {
 		return false, fmt.Errorf("health query: %w", err)
 	}

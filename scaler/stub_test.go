@@ -30,17 +30,17 @@ type promStub struct {
 }
 
 func newPromStub(t *testing.T, h http.HandlerFunc) *promStub {
-	t.Helper()
-	p := &promStub{}
-	p.Server = httptest.NewServer(p.handler(h))
-	t.Cleanup(p.Close)
-	return p
+	return startStub(t, h, httptest.NewServer)
 }
 
 func newTLSPromStub(t *testing.T, h http.HandlerFunc) *promStub {
+	return startStub(t, h, httptest.NewTLSServer)
+}
+
+func startStub(t *testing.T, h http.HandlerFunc, serve func(http.Handler) *httptest.Server) *promStub {
 	t.Helper()
 	p := &promStub{}
-	p.Server = httptest.NewTLSServer(p.handler(h))
+	p.Server = serve(p.handler(h))
 	t.Cleanup(p.Close)
 	return p
 }

@@ -495,17 +495,37 @@ func (w *workload) waitAwake(t *testing.T, timeout time.Duration, want int32) {
 // It fails at once when it does not.
 func (w *workload) holdStill(t *testing.T, d time.Duration, what string, ok func(snapshot) error) {
 	t.Helper()
+	holdEach(t, d, what, map[*workload]func(snapshot) error{w: ok})
+}
+
+// holdEach checks several workloads throughout d: each one's check must
+// hold at every look. It fails at once when one does not.
+func holdEach(t *testing.T, d time.Duration, what string, checks map[*workload]func(snapshot) error) {
+	t.Helper()
 	hold(t, d, func(ctx context.Context) error {
-		s, err := w.get(ctx)
-		if err != nil {
-			t.Logf("get %s: %v", w, err) // a hiccup, not a move
-			return nil
-		}
-		if err := ok(s); err != nil {
-			return fmt.Errorf("%s %s: %w (%s)", w, what, err, s)
+		for w, ok := range checks {
+			s, err := w.get(ctx)
+			if err != nil {
+				t.Logf("get %s: %v", w, err) // a hiccup, not a move
+				continue
+			}
+			if err := ok(s); err != nil {
+				return fmt.Errorf("%s %s: %w (%s)", w, what, err, s)
+			}
 		}
 		return nil
 	})
+}
+
+// runsUnmarked passes while the workload runs n replicas and carries no
+// sleep marks: let go, it stays as it was woken.
+func runsUnmarked(n int32) func(snapshot) error {
+	return func(s snapshot) error {
+		if s.replicas != n || s.marked() {
+			return fmt.Errorf("moved: want %d replicas and no sleep marks", n)
+		}
+		return nil
+	}
 }
 
 // unchanged passes while the workload is exactly as before: same

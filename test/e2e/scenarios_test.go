@@ -165,21 +165,8 @@ func TestScenarioEmptyResult(t *testing.T) {
 	noDataBefore, checksBefore := noData(), d.checks(t)
 
 	period := quietPeriod(cooldown, polling)
-	hold(t, period, func(ctx context.Context) error {
-		for _, w := range []struct {
-			w      *workload
-			before snapshot
-		}{{quiet, quietBefore}, {sleeper, sleeperBefore}} {
-			s, err := w.w.get(ctx)
-			if err != nil {
-				t.Logf("get %s: %v", w.w, err)
-				continue
-			}
-			if err := unchanged(w.before)(s); err != nil {
-				return fmt.Errorf("%s with no data: %w (now %s)", w.w, err, s)
-			}
-		}
-		return nil
+	holdEach(t, period, "with no data", map[*workload]func(snapshot) error{
+		quiet: unchanged(quietBefore), sleeper: unchanged(sleeperBefore),
 	})
 	// Both workloads were checked all along, on empty answers.
 	if n, want := d.checks(t)-checksBefore, 2*period.Seconds()/polling.Seconds()/2; n < want {
@@ -246,19 +233,17 @@ func TestScenarioInvalidAnnotations(t *testing.T) {
 
 	// The broken ones stay as they were, while the same metric put the
 	// valid one to sleep.
-	hold(t, remaining(began), func(ctx context.Context) error {
-		for _, w := range all {
-			s, err := w.get(ctx)
-			if err != nil {
-				t.Logf("get %s: %v", w, err)
-				continue
+	checks := map[*workload]func(snapshot) error{}
+	for _, w := range all {
+		unchangedBefore := unchanged(w.before)
+		checks[w.workload] = func(s snapshot) error {
+			if err := unchangedBefore(s); err != nil {
+				return fmt.Errorf("%s: %w", w.annotation, err)
 			}
-			if err := unchanged(w.before)(s); err != nil {
-				return fmt.Errorf("%s with an invalid %s: %w (now %s)", w, w.annotation, err, s)
-			}
+			return nil
 		}
-		return nil
-	})
+	}
+	holdEach(t, remaining(began), "with an invalid annotation", checks)
 
 	// One log line per broken workload names the annotation.
 	for _, w := range append(all, brokenWorkload{workload: brokenSleeper, annotation: annThreshold}) {
@@ -339,19 +324,11 @@ func TestScenarioWatchNamespace(t *testing.T) {
 	began := time.Now()
 	d := startDaemon(t, "zeroscaler", nsA)
 	watched.waitAsleep(t, 3)
-	hold(t, remaining(began), func(ctx context.Context) error {
-		for _, w := range others {
-			s, err := w.get(ctx)
-			if err != nil {
-				t.Logf("get %s: %v", w, err)
-				continue
-			}
-			if err := unchanged(before[w])(s); err != nil {
-				return fmt.Errorf("%s outside the watched namespace: %w (now %s)", w, err, s)
-			}
-		}
-		return nil
-	})
+	checks := map[*workload]func(snapshot) error{}
+	for _, w := range others {
+		checks[w] = unchanged(before[w])
+	}
+	holdEach(t, remaining(began), "outside the watched namespace", checks)
 	events, err := cs.CoreV1().Events(nsB).List(testContext(t), metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -397,18 +374,8 @@ func TestScenarioReleaseAndPause(t *testing.T) {
 			w.waitForEvent(t, reasonScaledFromZero, corev1.EventTypeNormal)
 		}
 		// Let go: though its metric is still idle, neither sleeps again.
-		hold(t, quietPeriod(cooldown, polling), func(ctx context.Context) error {
-			for _, w := range []*workload{unquery, unannotate} {
-				s, err := w.get(ctx)
-				if err != nil {
-					t.Logf("get %s: %v", w, err)
-					continue
-				}
-				if s.replicas != 3 || s.marked() {
-					return fmt.Errorf("%s was let go but moved: %s", w, s)
-				}
-			}
-			return nil
+		holdEach(t, quietPeriod(cooldown, polling), "was let go but", map[*workload]func(snapshot) error{
+			unquery: runsUnmarked(3), unannotate: runsUnmarked(3),
 		})
 	})
 
@@ -430,21 +397,8 @@ func TestScenarioReleaseAndPause(t *testing.T) {
 		// sleep: neither may move.
 		setMetric(t, asleepSeries, 5)
 		awakeBefore, asleepBefore := awake.mustGet(t), asleep.mustGet(t)
-		hold(t, quietPeriod(cooldown, polling), func(ctx context.Context) error {
-			for _, w := range []struct {
-				w      *workload
-				before snapshot
-			}{{awake, awakeBefore}, {asleep, asleepBefore}} {
-				s, err := w.w.get(ctx)
-				if err != nil {
-					t.Logf("get %s: %v", w.w, err)
-					continue
-				}
-				if err := unchanged(w.before)(s); err != nil {
-					return fmt.Errorf("paused %s: %w (now %s)", w.w, err, s)
-				}
-			}
-			return nil
+		holdEach(t, quietPeriod(cooldown, polling), "while paused", map[*workload]func(snapshot) error{
+			awake: unchanged(awakeBefore), asleep: unchanged(asleepBefore),
 		})
 		d.waitForState(t, "paused", 2)
 
@@ -474,17 +428,7 @@ func TestScenarioRelabelledWhileAsleep(t *testing.T) {
 	w.waitAwake(t, settle, 3)
 	w.waitForEvent(t, reasonScaledFromZero, corev1.EventTypeNormal)
 	// Let go: though its metric is still idle, it does not sleep again.
-	hold(t, quietPeriod(cooldown, polling), func(ctx context.Context) error {
-		s, err := w.get(ctx)
-		if err != nil {
-			t.Logf("get %s: %v", w, err)
-			return nil
-		}
-		if s.replicas != 3 || s.marked() {
-			return fmt.Errorf("%s left the selector but moved: %s", w, s)
-		}
-		return nil
-	})
+	w.holdStill(t, quietPeriod(cooldown, polling), "left the selector but", runsUnmarked(3))
 }
 
 // Scenario 10: someone scales a sleeping workload to 2 by hand: it stays
