@@ -15,6 +15,11 @@ type Metrics struct {
 	queries   *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
 	loopLag   prometheus.Histogram
+	// replicasAsleep is the sum of the original counts of the workloads
+	// asleep now: the replicas zeroscaler is saving.
+	replicasAsleep prometheus.Gauge
+	sleeps         prometheus.Counter
+	wakes          *prometheus.CounterVec
 	// Leader is 1 while this replica leads.
 	Leader prometheus.Gauge
 }
@@ -53,13 +58,25 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "How late a workload check started compared with its schedule.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
 		}),
+		replicasAsleep: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "zeroscaler_replicas_asleep",
+			Help: "Replicas zeroscaler is saving now: the sum of the original counts of the workloads it put to sleep.",
+		}),
+		sleeps: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "zeroscaler_sleeps_total",
+			Help: "Workloads put to sleep.",
+		}),
+		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "zeroscaler_wakes_total",
+			Help: "Workloads woken, by cause: metric (the query rose to its threshold), error (the metric could not be read), person (someone scaled it up), schedule (awake-hours began), released (its configuration was removed or became invalid), group (another member of its group woke).",
+		}, []string{"cause"}),
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "zeroscaler_leader",
 			Help: "1 while this replica is the leader and runs workload loops, else 0.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.loops, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.Leader)
+		reg.MustRegister(m.loops, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.replicasAsleep, m.sleeps, m.wakes, m.Leader)
 	}
 	return m
 }
