@@ -3,9 +3,12 @@ package scaler
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/model"
 )
 
 func TestDecisions(t *testing.T) {
@@ -174,7 +177,7 @@ func TestCallerContextCancelled(t *testing.T) {
 }
 
 func TestIsHealthy(t *testing.T) {
-	const wantQuery = `min_over_time((max(up{job="prometheus"}) or vector(0))[5m:])`
+	const wantQuery = `min_over_time((max(up{job="prometheus"}) or vector(0))[5m:5s])`
 	tests := []struct {
 		name    string
 		status  int
@@ -210,16 +213,19 @@ func TestIsHealthy(t *testing.T) {
 	}
 }
 
+// Every health query carries an explicit step: without one, Prometheus
+// steps by its evaluation_interval and finds no point in a short window.
 func TestHealthQuery(t *testing.T) {
 	tests := []struct {
 		filter string
 		window time.Duration
 		want   string
 	}{
-		{`job="prometheus"`, 5 * time.Minute, `min_over_time((max(up{job="prometheus"}) or vector(0))[5m:])`},
-		{`job="api",namespace="shop"`, 90 * time.Second, `min_over_time((max(up{job="api",namespace="shop"}) or vector(0))[1m30s:])`},
-		{`job=~"node.*"`, time.Hour, `min_over_time((max(up{job=~"node.*"}) or vector(0))[1h:])`},
-		{``, 30 * time.Second, `min_over_time((max(up{}) or vector(0))[30s:])`},
+		{`job="prometheus"`, 5 * time.Minute, `min_over_time((max(up{job="prometheus"}) or vector(0))[5m:5s])`},
+		{`job="api",namespace="shop"`, 90 * time.Second, `min_over_time((max(up{job="api",namespace="shop"}) or vector(0))[1m30s:2s])`},
+		{`job=~"node.*"`, time.Hour, `min_over_time((max(up{job=~"node.*"}) or vector(0))[1h:15s])`},
+		{`job="p"`, 30 * time.Second, `min_over_time((max(up{job="p"}) or vector(0))[30s:1s])`},
+		{`job="p"`, time.Second, `min_over_time((max(up{job="p"}) or vector(0))[1s:1s])`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
@@ -228,6 +234,53 @@ func TestHealthQuery(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestSubqueryStep(t *testing.T) {
+	tests := []struct {
+		window, want time.Duration
+	}{
+		{time.Second, time.Second},
+		{30 * time.Second, time.Second},
+		{89 * time.Second, time.Second},
+		{90 * time.Second, 2 * time.Second},
+		{5 * time.Minute, 5 * time.Second},
+		{15 * time.Minute, 15 * time.Second},
+		{16 * time.Minute, 15 * time.Second},
+		{24 * time.Hour, 15 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := SubqueryStep(tt.window); got != tt.want {
+			t.Errorf("SubqueryStep(%v) = %v, want %v", tt.window, got, tt.want)
+		}
+	}
+}
+
+// Whatever the window, the step is whole seconds within [1s, 15s], gives
+// at least one point and at most one per second, and both subqueries carry
+// it.
+func FuzzSubqueryStep(f *testing.F) {
+	for _, s := range []int64{1, 30, 59, 61, 90, 299, 300, 899, 900, 901, 86400} {
+		f.Add(s * int64(time.Second))
+	}
+	f.Add(int64(1500 * time.Millisecond))
+	f.Fuzz(func(t *testing.T, ns int64) {
+		window := time.Duration(ns)
+		if window < time.Second {
+			t.Skip("cooldowns are at least 1s")
+		}
+		step := SubqueryStep(window)
+		if step < time.Second || step > 15*time.Second || step%time.Second != 0 || step > window {
+			t.Fatalf("SubqueryStep(%v) = %v", window, step)
+		}
+		suffix := ":" + model.Duration(step).String() + "])"
+		if q := HealthQuery(`job="x"`, window); !strings.HasSuffix(q, suffix) {
+			t.Errorf("HealthQuery(%v) = %s, want the step %v", window, q, step)
+		}
+		if q := ConfirmQuery("x", window); !strings.HasSuffix(q, suffix) {
+			t.Errorf("ConfirmQuery(%v) = %s, want the step %v", window, q, step)
+		}
+	})
 }
 
 func TestReading(t *testing.T) {

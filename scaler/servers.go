@@ -106,8 +106,11 @@ type asking struct {
 
 type answer struct {
 	value float64
-	err   error
-	at    time.Time
+	// scalar is set when Prometheus answered with a scalar rather than a
+	// vector: such a query cannot be the operand of a subquery.
+	scalar bool
+	err    error
+	at     time.Time
 }
 
 // NewServers validates the options and builds one client per server.
@@ -294,63 +297,61 @@ func (s *Servers) addresses() []string {
 	return out
 }
 
-// query returns the single value of promql on server addr, sending the
-// request only if no answer to the same question is fresh enough and none is
-// in flight.
-func (s *Servers) query(ctx context.Context, addr string, q question, window time.Duration) (float64, error) {
-	srv, ok := s.byAddress[addr]
+// query returns the answer to q, sending the request only if no answer to
+// the same question is fresh enough and none is in flight.
+func (s *Servers) query(ctx context.Context, q question, window time.Duration) answer {
+	srv, ok := s.byAddress[q.server]
 	if !ok {
 		// Parsing rejects such addresses; this is a second lock on the door.
-		return 0, fmt.Errorf("%s is not an allowed Prometheus server", addr)
+		return answer{err: fmt.Errorf("%s is not an allowed Prometheus server", q.server)}
 	}
-	key, headers, promql := q.key, q.headers, q.promql
 	for {
 		srv.mu.Lock()
-		if a, ok := srv.freshLocked(key, s.clock.Now(), window); ok {
+		if a, ok := srv.freshLocked(q.key, s.clock.Now(), window); ok {
 			srv.mu.Unlock()
-			return a.value, a.err
+			return a
 		}
-		q, inFlight := srv.asking[key]
+		in, inFlight := srv.asking[q.key]
 		if !inFlight {
-			q = &asking{done: make(chan struct{})}
-			srv.asking[key] = q
+			in = &asking{done: make(chan struct{})}
+			srv.asking[q.key] = in
 		}
 		srv.mu.Unlock()
 		if !inFlight {
-			return s.askFor(ctx, srv, key, q, headers, promql, window)
+			return s.askFor(ctx, srv, q, in, window)
 		}
 		// Someone asks already: wait for that answer, on this goroutine.
 		select {
 		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-q.done:
+			return answer{err: ctx.Err()}
+		case <-in.done:
 		}
-		if !q.abandoned {
-			return q.a.value, q.a.err
+		if !in.abandoned {
+			return in.a
 		}
 		// The asker stopped before its answer came; ask again.
 	}
 }
 
-// askFor sends the request for everyone waiting on q. A request whose
+// askFor sends the request for everyone waiting on in. A request whose
 // caller stops (its loop ends) is abandoned, not answered: the others
 // waiting ask again rather than take the cancellation for an outage.
-func (s *Servers) askFor(ctx context.Context, srv *server, key string, q *asking, headers map[string]string, promql string, window time.Duration) (float64, error) {
-	a := s.ask(ctx, srv, headers, promql)
+func (s *Servers) askFor(ctx context.Context, srv *server, q question, in *asking, window time.Duration) answer {
+	a := s.ask(ctx, srv, q.headers, q.promql)
 	srv.mu.Lock()
-	delete(srv.asking, key)
+	delete(srv.asking, q.key)
 	if a.err != nil && ctx.Err() != nil {
-		q.abandoned = true
+		in.abandoned = true
 	} else {
-		q.a = a
-		srv.keepLocked(key, a, max(window, s.shareWindow))
+		in.a = a
+		srv.keepLocked(q.key, a, max(window, s.shareWindow))
 	}
 	srv.mu.Unlock()
-	close(q.done)
-	if q.abandoned {
-		return 0, ctx.Err()
+	close(in.done)
+	if in.abandoned {
+		return answer{err: ctx.Err()}
 	}
-	return a.value, a.err
+	return a
 }
 
 // keepLocked stores an answer and, once a minute, drops the stale ones, so
@@ -401,19 +402,29 @@ func (s *Servers) ask(ctx context.Context, srv *server, headers map[string]strin
 	}
 	defer func() { <-srv.slots }()
 
-	client := v1.NewAPI(headerClient{Client: srv.api, headers: headers})
-	value, _, _, err := client.Query(ctx, promql, time.Time{}, v1.WithTimeout(s.timeout))
+	hc := &headerClient{Client: srv.api, headers: headers}
+	value, _, _, err := v1.NewAPI(hc).Query(ctx, promql, time.Time{}, v1.WithTimeout(s.timeout))
 	var f float64
-	if err == nil {
+	switch {
+	case err == nil:
 		f, err = single(value)
-	} else {
+	case hc.status == http.StatusBadRequest || hc.status == http.StatusUnprocessableEntity:
+		// Prometheus says bad_data; other backends (VictoriaMetrics) say
+		// the same with the status alone.
+		err = fmt.Errorf("query %s: %w (%w)", srv.address, err, errBadQuery)
+	default:
 		err = fmt.Errorf("query %s: %w", srv.address, err)
 	}
 	record(err)
+	_, isScalar := value.(*model.Scalar)
 	// An answer is as old as its question: stamped when it was asked, a
 	// check one polling interval later never takes it for fresh.
-	return answer{value: f, err: err, at: started}
+	return answer{value: f, scalar: isScalar && err == nil, err: err, at: started}
 }
+
+// errBadQuery marks an answer the server refused with HTTP 400 or 422: the
+// query itself is wrong for that server.
+var errBadQuery = errors.New("the server refused the query")
 
 func (s *Servers) record(srv *server, err error, started time.Time) {
 	if s.observe != nil {
@@ -457,6 +468,8 @@ func ResultKind(err error) string {
 		return "multiple_series"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
+	case errors.Is(err, errBadQuery):
+		return "bad_query"
 	case errors.As(err, &apiErr):
 		switch apiErr.Type {
 		case v1.ErrTimeout:
@@ -471,28 +484,34 @@ func ResultKind(err error) string {
 	return "error"
 }
 
-// question is a query with the headers it is sent with, and the key its
-// answer is shared under.
+// question is a query sent to one server with the headers it is sent with,
+// and the key its answer is shared under.
 type question struct {
+	server  string
 	promql  string
 	headers map[string]string
 	key     string
 }
 
-func newQuestion(promql string, headers map[string]string) question {
-	return question{promql: promql, headers: headers, key: questionKey(promql, headers)}
+func newQuestion(server, promql string, headers map[string]string) question {
+	return question{server: server, promql: promql, headers: headers, key: questionKey(server, promql, headers)}
 }
 
-// questionKey identifies a question: two workloads share an answer only if
-// they send the same query with the same headers.
-func questionKey(promql string, headers map[string]string) string {
+// questionKey is the one definition of "the same question": the resolved
+// server address, the query and the headers actually sent (canonical
+// names). Two workloads share an answer, and check on the same grid (see
+// prometheusScaler.QuestionHash), only if their keys are equal.
+func questionKey(server, promql string, headers map[string]string) string {
 	names := make([]string, 0, len(headers))
 	for k := range headers {
 		names = append(names, k)
 	}
 	sort.Strings(names)
-	// Quoted, so that no query can spell another question's headers.
+	// Quoted, so that no query can spell another question's server or
+	// headers.
 	var b strings.Builder
+	b.WriteString(strconv.Quote(server))
+	b.WriteByte(' ')
 	b.WriteString(strconv.Quote(promql))
 	for _, k := range names {
 		b.WriteByte(' ')
@@ -503,15 +522,21 @@ func questionKey(promql string, headers map[string]string) string {
 	return b.String()
 }
 
-// headerClient adds a workload's non-secret headers to each request.
+// headerClient adds a workload's non-secret headers to each request and
+// remembers the status of the last response.
 type headerClient struct {
 	api.Client
 	headers map[string]string
+	status  int
 }
 
-func (c headerClient) Do(ctx context.Context, req *http.Request) (*http.Response, []byte, error) {
+func (c *headerClient) Do(ctx context.Context, req *http.Request) (*http.Response, []byte, error) {
 	for k, v := range c.headers {
 		req.Header.Set(k, v)
 	}
-	return c.Client.Do(ctx, req)
+	resp, body, err := c.Client.Do(ctx, req)
+	if resp != nil {
+		c.status = resp.StatusCode
+	}
+	return resp, body, err
 }

@@ -201,7 +201,7 @@ func TestUnlistedServerNeverAsked(t *testing.T) {
 		t.Errorf("New accepted an unlisted server: %v, %v", s, err)
 	}
 	// The second lock on the door, below New.
-	if _, err := servers.query(context.Background(), unlisted.URL, newQuestion("q", nil), servers.shareWindow); err == nil {
+	if a := servers.query(context.Background(), newQuestion(unlisted.URL, "q", nil), servers.shareWindow); a.err == nil {
 		t.Error("query accepted an unlisted server")
 	}
 	if n := len(unlisted.requests()); n != 0 {
@@ -504,9 +504,9 @@ func TestSharing(t *testing.T) {
 		ask(`job="q"`, 5*time.Minute)
 		counts := stub.counts()
 		for _, k := range []string{
-			`min_over_time((max(up{job="p"}) or vector(0))[5m:]) `,
-			`min_over_time((max(up{job="p"}) or vector(0))[10m:]) `,
-			`min_over_time((max(up{job="q"}) or vector(0))[5m:]) `,
+			`min_over_time((max(up{job="p"}) or vector(0))[5m:5s]) `,
+			`min_over_time((max(up{job="p"}) or vector(0))[10m:10s]) `,
+			`min_over_time((max(up{job="q"}) or vector(0))[5m:5s]) `,
 		} {
 			if counts[k] != 1 {
 				t.Errorf("%s asked %d times, want 1", k, counts[k])
@@ -514,7 +514,7 @@ func TestSharing(t *testing.T) {
 		}
 		clock.Step(time.Millisecond)
 		ask(`job="p"`, 5*time.Minute)
-		if n := stub.counts()[`min_over_time((max(up{job="p"}) or vector(0))[5m:]) `]; n != 2 {
+		if n := stub.counts()[`min_over_time((max(up{job="p"}) or vector(0))[5m:5s]) `]; n != 2 {
 			t.Errorf("after the health window: asked %d times, want 2", n)
 		}
 	})
@@ -648,12 +648,14 @@ func TestQueuedQueryBoundedByTimeout(t *testing.T) {
 func TestQuestionKey(t *testing.T) {
 	tests := []struct {
 		name string
-		a, b func() (string, map[string]string)
+		a, b func() (string, string, map[string]string)
 		same bool
 	}{
+		{"different server", q("up"), func() (string, string, map[string]string) { return "http://b", "up", nil }, false},
+		{"no server smuggled into the query", func() (string, string, map[string]string) { return "http://a\" \"b", "up", nil }, func() (string, string, map[string]string) { return "http://a", "b\" \"up", nil }, false},
 		{"same", q("up", "A", "1"), q("up", "A", "1"), true},
 		{"header order irrelevant", q("up", "A", "1", "B", "2"), q("up", "B", "2", "A", "1"), true},
-		{"nil and empty headers", q("up"), func() (string, map[string]string) { return "up", map[string]string{} }, true},
+		{"nil and empty headers", q("up"), func() (string, string, map[string]string) { return "http://a", "up", map[string]string{} }, true},
 		{"different query", q("up", "A", "1"), q("down", "A", "1"), false},
 		{"different value", q("up", "A", "1"), q("up", "A", "2"), false},
 		{"extra header", q("up", "A", "1"), q("up", "A", "1", "B", "2"), false},
@@ -671,8 +673,8 @@ func TestQuestionKey(t *testing.T) {
 	}
 }
 
-func q(query string, kv ...string) func() (string, map[string]string) {
-	return func() (string, map[string]string) {
+func q(query string, kv ...string) func() (string, string, map[string]string) {
+	return func() (string, string, map[string]string) {
 		var h map[string]string
 		for i := 0; i+1 < len(kv); i += 2 {
 			if h == nil {
@@ -680,7 +682,7 @@ func q(query string, kv ...string) func() (string, map[string]string) {
 			}
 			h[kv[i]] = kv[i+1]
 		}
-		return query, h
+		return "http://a", query, h
 	}
 }
 
