@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,7 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/flowcontrol"
 
 	"github.com/zeroscaler/zeroscaler/handler"
 	"github.com/zeroscaler/zeroscaler/informer"
@@ -45,6 +47,12 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	}
 	restConfig.QPS, restConfig.Burst = o.kubeAPIQPS, o.kubeAPIBurst
 	restConfig.UserAgent = "zeroscaler/" + version
+	// Writes to workloads wait for their own limiter, in the handler, before
+	// their timeout starts: a herd of sleeps queues there instead of timing
+	// out inside the client. Their client does not limit them again.
+	writeLimiter := flowcontrol.NewTokenBucketRateLimiter(o.kubeAPIQPS, o.kubeAPIBurst)
+	writeConfig := rest.CopyConfig(restConfig)
+	writeConfig.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 
 	// Built-in types travel as protobuf: listing and watching thousands of
 	// workloads costs a fraction of the CPU that JSON would.
@@ -55,7 +63,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("create kubernetes client: %w", err)
 	}
-	dynamicClient, err := dynamic.NewForConfig(restConfig)
+	dynamicClient, err := dynamic.NewForConfig(writeConfig)
 	if err != nil {
 		return fmt.Errorf("create dynamic client: %w", err)
 	}
@@ -99,6 +107,14 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 			Allowed:         servers.Allowed,
 		},
 	})
+	var lock *renewals
+	var writeDeadline func() time.Time
+	if o.leaderElect {
+		if lock, err = newRenewals(o, client); err != nil {
+			return err
+		}
+		writeDeadline = func() time.Time { return lock.deadline(o.renewDeadline) }
+	}
 	h := handler.New(handler.Options{
 		DynamicClient:  dynamicClient,
 		ScaleClient:    scaleClient,
@@ -109,6 +125,8 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		WatchNamespace: o.watchNamespace,
 		DryRun:         o.dryRun,
 		Metrics:        metrics,
+		WriteDeadline:  writeDeadline,
+		WriteLimiter:   writeLimiter,
 		NewDecider: func(c handler.Config) (handler.Decider, error) {
 			return scaler.New(servers, c.Metadata, c.CooldownPeriod)
 		},
@@ -147,7 +165,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		h.Run(ctx)
 		return nil
 	}
-	return lead(ctx, o, client, log, metrics, h.Run)
+	return lead(ctx, o, lock, log, metrics, h.Run)
 }
 
 // metricsShutdownTimeout bounds the wait for scrapes in flight at exit.
@@ -160,14 +178,8 @@ const leaseReleaseTimeout = 5 * time.Second
 // ends or when leadership is lost. Either way it stops work and waits for it
 // before it releases the Lease, so that a new leader never acts while this
 // one still writes.
-func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap.Logger, metrics *handler.Metrics, work func(context.Context)) error {
-	host, _ := os.Hostname()
-	id := host + "_" + string(uuid.NewUUID())
-	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderElectionNS, o.leaderElectionID,
-		client.CoreV1(), client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id})
-	if err != nil {
-		return fmt.Errorf("create lease lock: %w", err)
-	}
+func lead(ctx context.Context, o *options, lock *renewals, log *zap.Logger, metrics *handler.Metrics, work func(context.Context)) error {
+	id := lock.Identity()
 	// The elector does not release the Lease itself: when it fails to renew
 	// in time, it would do so at once, while work may still be finishing a
 	// write. It gets a context of its own, ended only once work has stopped,
@@ -225,7 +237,7 @@ func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap
 	// ctx ended, before work started.
 	releaseCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseReleaseTimeout)
 	defer cancel()
-	if released, err := releaseLease(releaseCtx, lock, id); err != nil {
+	if released, err := releaseLease(releaseCtx, lock.Interface, id); err != nil {
 		log.Warn("could not release the lease; a standby takes over once it expires", zap.String("lease", lock.Describe()), zap.Error(err))
 	} else if released {
 		log.Info("released the lease", zap.String("lease", lock.Describe()))
@@ -234,6 +246,62 @@ func lead(ctx context.Context, o *options, client kubernetes.Interface, log *zap
 		return errors.New("lost leadership; exiting so that a fresh start can stand by")
 	}
 	return nil
+}
+
+// renewals is the Lease lock, remembering when the last acquire or renewal
+// that succeeded was sent. A standby takes over only once it has seen the
+// Lease unchanged for the lease duration, counted from a moment after that
+// renewal reached the API server; the elector itself gives up leading once
+// it failed to renew for the renew deadline, which is shorter. So writes
+// that start and end before the last renewal plus the renew deadline can
+// never overlap a new leader's, whatever the network did to the renewals
+// since.
+type renewals struct {
+	resourcelock.Interface
+	mu   sync.Mutex
+	sent time.Time
+}
+
+func newRenewals(o *options, client kubernetes.Interface) (*renewals, error) {
+	host, _ := os.Hostname()
+	id := host + "_" + string(uuid.NewUUID())
+	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderElectionNS, o.leaderElectionID,
+		client.CoreV1(), client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id})
+	if err != nil {
+		return nil, fmt.Errorf("create lease lock: %w", err)
+	}
+	return &renewals{Interface: lock}, nil
+}
+
+func (r *renewals) Create(ctx context.Context, rec resourcelock.LeaderElectionRecord) error {
+	return r.track(func() error { return r.Interface.Create(ctx, rec) })
+}
+
+func (r *renewals) Update(ctx context.Context, rec resourcelock.LeaderElectionRecord) error {
+	return r.track(func() error { return r.Interface.Update(ctx, rec) })
+}
+
+func (r *renewals) track(write func() error) error {
+	sent := time.Now()
+	err := write()
+	if err == nil {
+		r.mu.Lock()
+		r.sent = sent
+		r.mu.Unlock()
+	}
+	return err
+}
+
+// deadline is the moment after which writes must not run: the last
+// successful renewal's sending plus renewDeadline. Before the first
+// renewal it is in the past.
+func (r *renewals) deadline(renewDeadline time.Duration) time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sent.IsZero() {
+		return time.Time{}
+	}
+	return r.sent.Add(renewDeadline)
 }
 
 // releaseLease gives up the Lease behind lock if id still holds it, so that a

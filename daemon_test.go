@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	ktesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/utils/ptr"
 )
@@ -207,4 +209,79 @@ func storeLease(cs *fake.Clientset, lease *coordinationv1.Lease) error {
 	}
 	lease.ResourceVersion = strconv.Itoa(rv + 1)
 	return cs.Tracker().Update(leasesResource, lease, lease.Namespace)
+}
+
+// Item 11 of the hardening issue: a leader whose renewals stop getting
+// through stops writing before a standby can take over. The Lease is taken
+// away from the leader mid-term (its renewals fail, as in a partition); the
+// moment after which it may no longer write must come before the standby
+// starts leading.
+func TestWritesEndBeforeAStandbyLeads(t *testing.T) {
+	const (
+		leaseDuration = 1200 * time.Millisecond
+		renewDeadline = 800 * time.Millisecond
+		retryPeriod   = 100 * time.Millisecond
+	)
+	cs := fake.NewSimpleClientset()
+	o := &options{leaderElectionNS: testLeaseNS, leaderElectionID: testLeaseName}
+	ours, err := newRenewals(o, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := ours.deadline(renewDeadline); !d.IsZero() {
+		t.Fatalf("deadline before the first renewal = %v, want none", d)
+	}
+	theirs, err := resourcelock.New(resourcelock.LeasesResourceLock, testLeaseNS, testLeaseName,
+		cs.CoreV1(), cs.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: "standby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var partitioned atomic.Bool
+	cs.PrependReactor("update", "leases", func(a ktesting.Action) (bool, runtime.Object, error) {
+		l := a.(ktesting.UpdateAction).GetObject().(*coordinationv1.Lease)
+		if partitioned.Load() && ptr.Deref(l.Spec.HolderIdentity, "") == ours.Identity() {
+			return true, nil, errors.New("connection reset by peer")
+		}
+		return false, nil, nil
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ledAt := make(chan time.Time, 2)
+	elect := func(lock resourcelock.Interface) {
+		le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock: lock, LeaseDuration: leaseDuration, RenewDeadline: renewDeadline, RetryPeriod: retryPeriod,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(context.Context) { ledAt <- time.Now() },
+				OnStoppedLeading: func() {},
+			},
+		})
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		go le.Run(ctx)
+	}
+	elect(ours)
+	select {
+	case <-ledAt:
+	case <-time.After(10 * time.Second):
+		t.Fatal("never led")
+	}
+	elect(theirs)
+	time.Sleep(3 * retryPeriod) // a few renewals get through
+	if d := ours.deadline(renewDeadline); !d.After(time.Now()) {
+		t.Fatalf("deadline %v while renewing, want it ahead", d)
+	}
+	partitioned.Store(true)
+	var standbyLed time.Time
+	select {
+	case standbyLed = <-ledAt:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the standby never took over")
+	}
+	last := ours.deadline(renewDeadline)
+	if !last.Before(standbyLed) {
+		t.Errorf("writes allowed until %v, after the standby began leading at %v", last.Format(time.StampMilli), standbyLed.Format(time.StampMilli))
+	}
 }

@@ -184,6 +184,9 @@ func (w *world) reactPatch(a ktesting.Action) (bool, runtime.Object, error) {
 			ResourceVersion string             `json:"resourceVersion"`
 			Annotations     map[string]*string `json:"annotations"`
 		} `json:"metadata"`
+		Spec *struct {
+			Replicas *int64 `json:"replicas"`
+		} `json:"spec"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(pa.GetPatch()))
 	dec.DisallowUnknownFields()
@@ -203,6 +206,16 @@ func (w *world) reactPatch(a ktesting.Action) (bool, runtime.Object, error) {
 		annotations = map[string]string{}
 	}
 	var changes []string
+	if patch.Spec != nil {
+		if patch.Spec.Replicas == nil {
+			w.t.Errorf("patch %s: spec without replicas", pa.GetPatch())
+		} else {
+			if err := unstructured.SetNestedField(u.Object, *patch.Spec.Replicas, "spec", "replicas"); err != nil {
+				return true, nil, err
+			}
+			changes = append(changes, fmt.Sprintf("replicas=%d", *patch.Spec.Replicas))
+		}
+	}
 	for _, k := range slices.Sorted(maps.Keys(patch.Metadata.Annotations)) {
 		v := patch.Metadata.Annotations[k]
 		short := strings.TrimPrefix(k, "zeroscaler.io/")
@@ -216,7 +229,7 @@ func (w *world) reactPatch(a ktesting.Action) (bool, runtime.Object, error) {
 	}
 	u.SetAnnotations(annotations)
 	w.storeLocked(pa.GetResource(), u)
-	w.writes = append(w.writes, "annotate "+pa.GetName()+" "+strings.Join(changes, " "))
+	w.writes = append(w.writes, "patch "+pa.GetName()+" "+strings.Join(changes, " "))
 	return true, u, nil
 }
 
@@ -370,9 +383,11 @@ type fakeProm struct {
 	answers    map[string]reading
 	healthy    bool
 	healthyErr error
-	buildErr   error
-	deciders   []*fakeDecider
-	calls      map[string]int
+	// confirm answers ConfirmIdle; the zero value confirms.
+	confirm  reading
+	buildErr error
+	deciders []*fakeDecider
+	calls    map[string]int
 }
 
 func newFakeProm() *fakeProm {
@@ -389,6 +404,14 @@ func (p *fakeProm) setHealthy(ok bool, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.healthy, p.healthyErr = ok, err
+}
+
+// setConfirm sets the answer to ConfirmIdle: the highest value over the
+// window, or an error.
+func (p *fakeProm) setConfirm(r reading) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.confirm = r
 }
 
 func (p *fakeProm) newDecider(cfg Config) (Decider, error) {
@@ -418,9 +441,10 @@ type fakeDecider struct {
 	prom *fakeProm
 	md   scaler.Metadata
 
-	mu     sync.Mutex
-	last   scaler.Reading
-	closed bool
+	mu          sync.Mutex
+	last        scaler.Reading
+	lastConfirm scaler.Reading
+	closed      bool
 }
 
 func (d *fakeDecider) read(method string) reading {
@@ -460,6 +484,30 @@ func (d *fakeDecider) IsHealthy(context.Context) (bool, error) {
 	d.prom.calls["IsHealthy"]++
 	return d.prom.healthy, d.prom.healthyErr
 }
+
+func (d *fakeDecider) ConfirmIdle(context.Context) (bool, error) {
+	d.prom.mu.Lock()
+	defer d.prom.mu.Unlock()
+	d.prom.calls["ConfirmIdle"]++
+	r := d.prom.confirm
+	if r.err != nil {
+		return false, r.err
+	}
+	d.mu.Lock()
+	d.lastConfirm = scaler.Reading{Query: "max_over_time((" + d.md.Query + ")[window])", Value: r.value, Threshold: d.md.Threshold}
+	d.mu.Unlock()
+	return r.value < d.md.Threshold, nil
+}
+
+func (d *fakeDecider) LastConfirmation() scaler.Reading {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.lastConfirm
+}
+
+// QuestionHash is the query's length: tests choose queries to share or
+// spread phases.
+func (d *fakeDecider) QuestionHash() uint64 { return uint64(len(d.md.Query)) * uint64(time.Second) }
 
 func (d *fakeDecider) LastReading() scaler.Reading {
 	d.mu.Lock()

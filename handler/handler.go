@@ -1,12 +1,10 @@
-// Package handler runs one loop per annotated workload and scales it through
-// the scale subresource.
+// Package handler runs one loop per annotated workload: it gathers what the
+// API and the scaler say, decides (decide.go), and writes replicas and sleep
+// marks together in one patch of the workload (writes.go).
 package handler
 
 import (
 	"context"
-	"hash/fnv"
-	"maps"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/scale"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/flowcontrol"
 	"k8s.io/utils/clock"
 
 	"github.com/zeroscaler/zeroscaler/scaler"
@@ -26,10 +25,20 @@ type Lister interface {
 	Get(ref Ref) (Workload, bool)
 }
 
-// Decider is a Scaler that can also say what it read last.
+// Decider is a Scaler that can also confirm an idle stretch over the whole
+// cooldown window, say what it read last, and name its question.
 type Decider interface {
 	scaler.Scaler
+	// ConfirmIdle reports whether the metric stayed below its threshold
+	// over the whole cooldown window. scaler.ErrCannotConfirm means the
+	// window cannot be asked for this query or server.
+	ConfirmIdle(ctx context.Context) (bool, error)
 	LastReading() scaler.Reading
+	LastConfirmation() scaler.Reading
+	// QuestionHash is the same for every Decider asking the same server the
+	// same query with the same headers: they check together and share one
+	// request.
+	QuestionHash() uint64
 }
 
 // NewDecider builds the Decider for a Managed configuration.
@@ -51,11 +60,20 @@ type Options struct {
 	CheckSlots int
 	// Clock is injected by tests; the real clock otherwise.
 	Clock clock.WithTicker
+	// WriteDeadline, if set, returns the moment after which this replica
+	// may no longer lead (its last lease renewal plus the renew deadline):
+	// no write starts after it, and none still runs then.
+	WriteDeadline func() time.Time
+	// WriteLimiter, if set, is waited on before each write, outside the
+	// write's own timeout; the client that writes should then not limit
+	// itself.
+	WriteLimiter flowcontrol.RateLimiter
 }
 
 // ScaleHandler keeps the wanted configuration of every workload and, while
 // it runs (while this replica leads), one loop per workload.
 type ScaleHandler struct {
+	// kDynamicClient reads and patches workloads.
 	kDynamicClient dynamic.Interface
 	EventRecorder  record.EventRecorder
 
@@ -64,6 +82,9 @@ type ScaleHandler struct {
 	// while an old loop is being replaced by a new one.
 	scaleLocks sync.Map
 
+	// scaleClient is kept in the seed's shape (shared/seed) for kinds that
+	// may only be scaled through /scale; Deployments and StatefulSets are
+	// patched whole, so that replicas and marks change in one write.
 	scaleClient scale.ScalesGetter
 	restMapper  meta.RESTMapper
 
@@ -76,15 +97,19 @@ type ScaleHandler struct {
 	metrics    *Metrics
 	clock      clock.WithTicker
 
-	mu      sync.Mutex
-	wanted  map[string]Config
-	loops   map[string]*running
-	nSlots  int
-	slots   chan struct{}   // one per check running; see checkAside
-	work    chan func()     // idle workers wait here; see dispatch
-	idle    atomic.Int32    // workers waiting on work
-	runCtx  context.Context // nil unless Run is running
-	loopsWG sync.WaitGroup
+	writeDeadline func() time.Time
+	limiter       flowcontrol.RateLimiter
+
+	mu        sync.Mutex
+	wanted    map[string]Config
+	loops     map[string]*running
+	nSlots    int
+	slots     chan struct{}   // one per check running; see checkAside
+	work      chan func()     // idle workers wait here; see dispatch
+	idle      atomic.Int32    // workers waiting on work
+	runCtx    context.Context // nil unless Run is running
+	loopsWG   sync.WaitGroup
+	workersWG sync.WaitGroup
 }
 
 // DefaultCheckSlots is how many checks run at once. A check gives its slot
@@ -93,6 +118,7 @@ type ScaleHandler struct {
 const DefaultCheckSlots = 64
 
 type running struct {
+	ctx    context.Context
 	cancel context.CancelFunc
 }
 
@@ -119,6 +145,8 @@ func New(o Options) *ScaleHandler {
 		dryRun:         o.DryRun,
 		metrics:        o.Metrics,
 		clock:          o.Clock,
+		writeDeadline:  o.WriteDeadline,
+		limiter:        o.WriteLimiter,
 		nSlots:         o.CheckSlots,
 		wanted:         map[string]Config{},
 		loops:          map[string]*running{},
@@ -154,6 +182,9 @@ func (h *ScaleHandler) Forget(ref Ref) {
 	defer h.mu.Unlock()
 	delete(h.wanted, key)
 	h.stopLocked(key)
+	if h.runCtx == nil {
+		h.scaleLocks.Delete(key) // no loop runs: nothing holds it
+	}
 }
 
 // Run starts a loop per workload and keeps loops in step with Sync and
@@ -178,6 +209,7 @@ func (h *ScaleHandler) Run(ctx context.Context) {
 	h.mu.Unlock()
 	h.loopsWG.Wait()
 	close(h.work) // no loop is left to dispatch: idle workers leave
+	h.workersWG.Wait()
 }
 
 // dispatch runs job on an idle worker, or on a new one if none is idle.
@@ -187,11 +219,13 @@ func (h *ScaleHandler) dispatch(work chan func(), job func()) {
 	select {
 	case work <- job:
 	default:
+		h.workersWG.Add(1)
 		go h.worker(work, job)
 	}
 }
 
 func (h *ScaleHandler) worker(work chan func(), job func()) {
+	defer h.workersWG.Done()
 	for job != nil {
 		job()
 		if h.idle.Add(1) > int32(h.nSlots) {
@@ -214,7 +248,7 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 	// Not derived from runCtx: Run cancels every loop itself when it ends,
 	// and ten thousand children would only grow runCtx's map of them.
 	ctx, cancel := context.WithCancel(context.WithoutCancel(h.runCtx))
-	r := &running{cancel: cancel}
+	r := &running{ctx: ctx, cancel: cancel}
 	key := cfg.Key()
 	h.loops[key] = r
 	h.loopsWG.Add(1)
@@ -225,18 +259,27 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 	// at the minimum for good, thousands of times over.
 	st := h.newLoopState(cfg)
 	go func() {
-		defer h.loopEnded(key, r)
+		defer h.loopEnded(key, r, cfg)
 		h.loop(ctx, st)
 	}()
 }
 
 // loopEnded cleans up after a loop's goroutine. A loop that ended by itself
-// (nothing left to do) leaves the map.
-func (h *ScaleHandler) loopEnded(key string, r *running) {
+// (nothing left to do, or its workload is gone) leaves the map, and its
+// configuration is forgotten. Once a workload has neither a loop nor a
+// configuration, its scale lock goes too.
+func (h *ScaleHandler) loopEnded(key string, r *running, cfg Config) {
+	byItself := r.ctx.Err() == nil
 	r.cancel()
 	h.mu.Lock()
 	if h.loops[key] == r {
 		delete(h.loops, key)
+	}
+	if old, ok := h.wanted[key]; byItself && ok && old.Equal(cfg) {
+		delete(h.wanted, key)
+	}
+	if _, ok := h.wanted[key]; !ok && h.loops[key] == nil {
+		h.scaleLocks.Delete(key)
 	}
 	h.mu.Unlock()
 	h.metrics.loops.Dec()
@@ -268,10 +311,9 @@ func (h *ScaleHandler) lock(key string) *sync.Mutex {
 // twentieth of the period, at most a second: the daemon wakes at most once
 // a second at long periods however many questions it asks, and at short
 // ones a herd of due checks is still cut in twenty.
-func firstCheck(now time.Time, cfg Config) time.Time {
-	period := cfg.PollingPeriod
+func firstCheck(now time.Time, period time.Duration, question uint64) time.Time {
 	step := min(time.Second, period/phaseSteps)
-	phase := time.Duration(questionHash(cfg.Metadata) % uint64(period)).Truncate(step)
+	phase := time.Duration(question % uint64(period)).Truncate(step)
 	base := now.Truncate(period).Add(phase)
 	for !base.After(now) {
 		base = base.Add(period)
@@ -281,21 +323,3 @@ func firstCheck(now time.Time, cfg Config) time.Time {
 
 // phaseSteps is how many phases a period has at least.
 const phaseSteps = 20
-
-// questionHash hashes what makes two workloads ask the same question. It
-// writes bytes directly: formatting (fmt with a map) would grow every loop
-// goroutine's stack to 8 KB for good.
-func questionHash(md scaler.Metadata) uint64 {
-	h := fnv.New64a()
-	write := func(s string) {
-		h.Write([]byte(s))
-		h.Write([]byte{0})
-	}
-	write(md.ServerAddress)
-	write(md.Query)
-	for _, k := range slices.Sorted(maps.Keys(md.Headers)) {
-		write(k)
-		write(md.Headers[k])
-	}
-	return h.Sum64()
-}

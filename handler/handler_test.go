@@ -3,14 +3,13 @@ package handler
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/runtime"
 	ktesting "k8s.io/client-go/testing"
-
-	"github.com/zeroscaler/zeroscaler/scaler"
 )
 
 // Sync restarts a loop only when the configuration changes: an equal one
@@ -37,19 +36,17 @@ func TestSyncRestartsOnlyOnChange(t *testing.T) {
 			hs.prom.set("q", idle)
 			hs.h.Sync(first)
 			hs.run()
-			hs.ticks(2)
+			hs.ticks(3)
 			old := hs.prom.built()[0]
 
 			hs.h.Sync(tc.again)
 			if !tc.restart {
+				// The stretch began at check 1 goes on: check 4 ends it.
 				hs.tick(1)
 				if n := len(hs.prom.built()); n != 1 || old.isClosed() {
 					t.Fatalf("loop restarted by an equal configuration (%d deciders, old closed %v)", n, old.isClosed())
 				}
-				wantStrings(t, "writes at check 3", hs.world.takeWrites(), []string{
-					"annotate web original-replicas=3 scaled-to-zero-at=" + hs.stamp(),
-					"scale web 0",
-				})
+				wantStrings(t, "writes at check 4", hs.world.takeWrites(), []string{sleepWrite("web", 3, hs.stamp())})
 				return
 			}
 			if tc.again.Paused {
@@ -60,12 +57,11 @@ func TestSyncRestartsOnlyOnChange(t *testing.T) {
 				return
 			}
 			eventually(t, "the loop to restart", func() bool { return old.isClosed() && len(hs.prom.built()) == 2 })
+			// The new loop's stretch starts at its own first idle reading.
+			hs.ticks(3)
+			wantStrings(t, "writes at the first three checks after the restart", hs.world.takeWrites(), nil)
 			hs.tick(1)
-			wantStrings(t, "writes one check after the restart", hs.world.takeWrites(), nil)
-			hs.ticks(2)
-			if got := hs.world.takeWrites(); len(got) != 2 {
-				t.Errorf("writes a cooldown after the restart = %q, want the two sleep writes", got)
-			}
+			wantStrings(t, "writes a cooldown after the restart", hs.world.takeWrites(), []string{sleepWrite("web", 3, hs.stamp())})
 		})
 	}
 }
@@ -96,7 +92,9 @@ func TestRunStartsAndStopsLoops(t *testing.T) {
 	}
 }
 
-// The workloads gauge counts each running loop once, by its state.
+// The workloads gauge counts each running loop once, by its state; the
+// replicas-asleep gauge, the sleeps and the wakes by cause follow the same
+// loop.
 func TestWorkloadsGauge(t *testing.T) {
 	states := []string{StateAwake, StateIdle, StateAsleep, StatePaused, StateInvalid}
 	want := func(hs *harness, when string, counts map[string]float64) {
@@ -112,16 +110,40 @@ func TestWorkloadsGauge(t *testing.T) {
 	hs.h.Sync(managed("web"))
 	stop := hs.run()
 
+	savings := func(when string, replicas, sleeps float64, wakes map[string]float64) {
+		t.Helper()
+		if got := hs.replicasAsleep(); got != replicas {
+			t.Errorf("%s: zeroscaler_replicas_asleep = %v, want %v", when, got, replicas)
+		}
+		if got := counter(t, hs.metrics.sleeps); got != sleeps {
+			t.Errorf("%s: zeroscaler_sleeps_total = %v, want %v", when, got, sleeps)
+		}
+		hs.wantWakes(when, wakes)
+	}
+
 	hs.tick(1)
 	want(hs, "active", map[string]float64{StateAwake: 1})
+	savings("active", 0, 0, nil)
 	hs.prom.set("q", idle)
-	hs.tick(1)
-	want(hs, "cooling down", map[string]float64{StateIdle: 1})
 	hs.ticks(3)
+	want(hs, "cooling down", map[string]float64{StateIdle: 1})
+	savings("cooling down", 0, 0, nil)
+	hs.tick(1)
 	want(hs, "asleep", map[string]float64{StateAsleep: 1})
+	savings("asleep", 3, 1, nil)
 	hs.prom.set("q", active)
 	hs.tick(1)
 	want(hs, "woken", map[string]float64{StateAwake: 1})
+	savings("woken", 0, 1, map[string]float64{wakeByMetric: 1})
+	hs.prom.set("q", idle)
+	hs.ticks(4)
+	want(hs, "asleep again", map[string]float64{StateAsleep: 1})
+	savings("asleep again", 3, 2, map[string]float64{wakeByMetric: 1})
+	hs.prom.set("q", promDown)
+	hs.tick(1)
+	want(hs, "woken on error", map[string]float64{StateAwake: 1})
+	savings("woken on error", 0, 2, map[string]float64{wakeByMetric: 1, wakeByError: 1})
+	hs.prom.set("q", active)
 
 	hs.h.Sync(managed("p", func(c *Config) { c.Paused = true }))
 	hs.h.Sync(Config{Ref: ref("i"), Mode: Invalid, Err: errors.New("annotation zeroscaler.io/query: \"\" is empty")})
@@ -138,19 +160,16 @@ func TestWorkloadsGauge(t *testing.T) {
 	eventually(t, "the paused loop to stop", func() bool { return hs.gauge(StatePaused) == 0 })
 	stop()
 	want(hs, "after Run returned", nil)
+	savings("after Run returned", 0, 2, map[string]float64{wakeByMetric: 1, wakeByError: 1})
 }
 
-// firstCheck puts the checks of one question on a fixed grid: identical
-// questions check together, different ones are spread over the period.
+// firstCheck puts the checks of one question on a fixed grid: the same
+// question (the same hash) checks at the same moments, different ones are
+// spread over the period. Which questions are the same is the scaler's
+// (QuestionHash); here the hashes are the test's own.
 func TestFirstCheck(t *testing.T) {
-	question := func(server, query string, headers map[string]string) Config {
-		return Config{
-			PollingPeriod: period,
-			Metadata:      scaler.Metadata{ServerAddress: server, Query: query, Headers: headers, Threshold: 1},
-		}
-	}
 	epoch := time.Unix(0, 0)
-	phase := func(at time.Time) time.Duration { return at.Sub(epoch) % period }
+	phase := func(at time.Time, period time.Duration) time.Duration { return at.Sub(epoch) % period }
 	nows := []time.Time{
 		start,
 		start.Add(1234 * time.Millisecond),
@@ -160,55 +179,34 @@ func TestFirstCheck(t *testing.T) {
 	}
 
 	t.Run("on the question's grid, within one period", func(t *testing.T) {
-		cfg := question("http://prom:9090", "sum(rate(x[1m]))", nil)
-		want := phase(firstCheck(start, cfg))
-		for _, now := range nows {
-			got := firstCheck(now, cfg)
-			if !got.After(now) || got.Sub(now) > period {
-				t.Errorf("firstCheck(%s) = %s, want within (now, now+%s]", now, got, period)
+		for _, q := range []string{"sum(rate(x[1m]))", "sum(up)", "q"} {
+			hash := hashOf(q)
+			want := phase(firstCheck(start, period, hash), period)
+			for _, now := range nows {
+				got := firstCheck(now, period, hash)
+				if !got.After(now) || got.Sub(now) > period {
+					t.Errorf("%s: firstCheck(%s) = %s, want within (now, now+%s]", q, now, got, period)
+				}
+				if p := phase(got, period); p != want {
+					t.Errorf("%s: firstCheck(%s) phase = %s, want %s", q, now, p, want)
+				}
 			}
-			if p := phase(got); p != want {
-				t.Errorf("firstCheck(%s) phase = %s, want %s", now, p, want)
-			}
-		}
-		// Exactly on the grid: the next grid point, never now.
-		on := firstCheck(start, cfg)
-		if got := firstCheck(on, cfg); !got.Equal(on.Add(period)) {
-			t.Errorf("firstCheck(on the grid %s) = %s, want %s", on, got, on.Add(period))
-		}
-	})
-
-	t.Run("identical questions align", func(t *testing.T) {
-		a := question("http://prom:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "a"})
-		b := a
-		b.Ref = Ref{GroupVersionKind: statefulSetGVK, Namespace: "other", Name: "db"}
-		b.CooldownPeriod, b.MinReplicas, b.Metadata.Threshold = time.Hour, 3, 7
-		for _, now := range nows {
-			if x, y := firstCheck(now, a), firstCheck(now, b); !x.Equal(y) {
-				t.Errorf("at %s: %s and %s for the same question", now, x, y)
+			// Exactly on the grid: the next grid point, never now.
+			on := firstCheck(start, period, hash)
+			if got := firstCheck(on, period, hash); !got.Equal(on.Add(period)) {
+				t.Errorf("%s: firstCheck(on the grid %s) = %s, want %s", q, on, got, on.Add(period))
 			}
 		}
 	})
 
 	t.Run("different questions spread", func(t *testing.T) {
-		base := question("http://prom:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "a"})
-		others := map[string]Config{
-			"server":  question("http://other:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "a"}),
-			"query":   question("http://prom:9090", "sum(up) ", map[string]string{"X-Scope-OrgID": "a"}),
-			"headers": question("http://prom:9090", "sum(up)", map[string]string{"X-Scope-OrgID": "b"}),
-		}
-		for what, o := range others {
-			if phase(firstCheck(start, o)) == phase(firstCheck(start, base)) {
-				t.Errorf("a different %s gives the same phase", what)
-			}
-		}
 		// Phases are whole seconds of the period (the daemon wakes at most
 		// once a second), spread over it: at a 5m period, 50 questions
 		// land on (nearly) 50 different seconds.
 		const long, n = 5 * time.Minute, 50
 		phases := phasesOf(t, n, long, time.Second)
 		if len(phases) < n*4/5 {
-			t.Errorf("%d distinct queries share %d phases, want nearly %d", n, len(phases), n)
+			t.Errorf("%d distinct questions share %d phases, want nearly %d", n, len(phases), n)
 		}
 		// Spread over the period, not bunched in one part of it.
 		var early int
@@ -238,14 +236,20 @@ func TestFirstCheck(t *testing.T) {
 	})
 }
 
+// hashOf stands in for a question's hash.
+func hashOf(question string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(question))
+	return h.Sum64()
+}
+
 // phasesOf counts how many of n distinct questions polled every period
 // fall on each phase, and checks that every phase is on a step.
 func phasesOf(t *testing.T, n int, period, step time.Duration) map[time.Duration]int {
 	t.Helper()
 	phases := map[time.Duration]int{}
 	for i := range n {
-		cfg := Config{PollingPeriod: period, Metadata: scaler.Metadata{Query: fmt.Sprintf("sum(rate(q%d[1m]))", i), Threshold: 1}}
-		p := firstCheck(start, cfg).Sub(time.Unix(0, 0)) % period
+		p := firstCheck(start, period, hashOf(fmt.Sprintf("sum(rate(q%d[1m]))", i))).Sub(time.Unix(0, 0)) % period
 		if p%step != 0 {
 			t.Errorf("phase %s is not on a %s step", p, step)
 		}
@@ -337,7 +341,7 @@ func TestWorkloadsCountedFromStart(t *testing.T) {
 	for _, name := range []string{"up", "down", "zero"} {
 		hs.h.Sync(managed(name))
 	}
-	hs.run()
+	stop := hs.run()
 	hs.parked(3)
 	if got := hs.prom.called("ShouldScaleToZero") + hs.prom.called("ShouldScaleFromZero"); got != 0 {
 		t.Fatalf("%d queries before the first check, want 0", got)
@@ -346,6 +350,13 @@ func TestWorkloadsCountedFromStart(t *testing.T) {
 		if got := hs.gauge(state); got != want {
 			t.Errorf("before the first check: zeroscaler_workloads{state=%q} = %v, want %v", state, got, want)
 		}
+	}
+	if got := hs.replicasAsleep(); got != 3 {
+		t.Errorf("before the first check: zeroscaler_replicas_asleep = %v, want 3", got)
+	}
+	stop()
+	if got := hs.replicasAsleep(); got != 0 {
+		t.Errorf("after Run returned: zeroscaler_replicas_asleep = %v, want 0", got)
 	}
 }
 
@@ -357,7 +368,7 @@ func TestWritesDoNotHoldCheckSlots(t *testing.T) {
 	hs.prom.set("q", active)
 	hs.prom.set("q2", active)
 	entered, release := make(chan struct{}), make(chan struct{})
-	hs.world.scales.PrependReactor("update", "*", func(ktesting.Action) (bool, runtime.Object, error) {
+	hs.world.dyn.PrependReactor("patch", "*", func(ktesting.Action) (bool, runtime.Object, error) {
 		close(entered)
 		<-release
 		return false, nil, nil // on to the world's own reactor
@@ -371,7 +382,7 @@ func TestWritesDoNotHoldCheckSlots(t *testing.T) {
 	select {
 	case <-entered:
 	case <-time.After(5 * time.Second):
-		t.Fatal("the wake's scale write never began")
+		t.Fatal("the wake's write never began")
 	}
 
 	hs.h.Sync(managed("other", func(c *Config) { c.Metadata.Query = "q2" }))

@@ -2,16 +2,12 @@ package handler
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"strconv"
+	"maps"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
-
-	"github.com/zeroscaler/zeroscaler/scaler"
 )
 
 // Event reasons.
@@ -36,13 +32,15 @@ const (
 // whose first wake failed.
 const retryPeriod = 30 * time.Second
 
-// loopState is what one loop remembers between checks. None of it needs to
-// survive a restart: a new loop simply starts a new cooldown.
+// loopState is one loop: its configuration, its scaler and what it
+// remembers between checks (see memory).
 type loopState struct {
 	cfg     Config
 	decider Decider
 	log     *zap.Logger
 	state   string
+	// asleep is what this loop adds to the replicas-asleep gauge.
+	asleep int32
 
 	// mu is the workload's scale lock, shared with any other loop of the
 	// same workload (see ScaleHandler.scaleLocks).
@@ -57,51 +55,39 @@ type loopState struct {
 	slots, slot chan struct{}
 	work        chan func()
 
-	// idleSince is the start of the current idle stretch: the loop's start,
-	// the last active or unknown reading, or the last scale-up.
-	idleSince    time.Time
-	lastReplicas int32
-	// lastProblem is the last query problem reported, so that a lasting
-	// outage is told once, not at every check.
-	lastProblem string
-
-	// unhealthy is set while the health check keeps a cooled-down workload
-	// awake, so that it is logged once.
-	unhealthy bool
-
-	// sleepFailed is set when this loop recorded the original count but
-	// could not scale to zero; the next check retries the sleep instead of
-	// treating the marks as a wake by someone else.
-	sleepFailed bool
-
-	// written is the resourceVersion this loop's last write was decided
-	// on. While the cache still shows it, the write is not in the cache
-	// yet, and checks wait instead of deciding on the old object.
-	written string
-
-	// clearPending is set after this loop woke the workload: its sleep
-	// marks are removed at the next check (see wake).
-	clearPending bool
+	mem memory
 
 	// dry is what --dry-run pretends it wrote, laid over the real workload
-	// until the real one changes.
+	// for as long as nobody else changes its replicas or marks.
 	dry *dryView
 }
 
 // dryView is a workload as it would be had --dry-run written.
 type dryView struct {
-	resourceVersion string
-	replicas        int32
-	original        int32 // 0: not asleep
+	// under is the real workload's replicas and original-replicas mark
+	// when the pretend write was made.
+	underReplicas int32
+	underOriginal string
+	replicas      int32
+	marks         map[string]string // nil: no sleep marks
 }
 
-func (v *dryView) apply(w Workload) Workload {
-	w.Replicas = v.replicas
-	w.Annotations = nil
-	if v.original > 0 {
-		w.Annotations = map[string]string{AnnotationOriginalReplicas: strconv.Itoa(int(v.original))}
+// apply lays the pretend write over w, unless the real workload changed
+// its replicas or marks since (someone else acted: believe the API again).
+func (v *dryView) apply(w Workload) (Workload, bool) {
+	if v == nil || w.Replicas != v.underReplicas || w.Annotations[AnnotationOriginalReplicas] != v.underOriginal {
+		return w, false
 	}
-	return w
+	out := w
+	out.Replicas = v.replicas
+	out.Annotations = map[string]string{}
+	for k, val := range w.Annotations {
+		if k != AnnotationOriginalReplicas && k != AnnotationScaledToZeroAt {
+			out.Annotations[k] = val
+		}
+	}
+	maps.Copy(out.Annotations, v.marks)
+	return out, true
 }
 
 // newLoopState prepares a loop: its scaler, its first check and the state
@@ -111,12 +97,11 @@ func (h *ScaleHandler) newLoopState(cfg Config) *loopState {
 		cfg: cfg,
 		// Lazy: the fields are encoded on the first line logged, not for
 		// every one of thousands of quiet loops.
-		log:          h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
-		idleSince:    h.clock.Now(),
-		lastReplicas: -1,
-		mu:           h.lock(cfg.Key()),
-		slots:        h.slots,
-		work:         h.work,
+		log:   h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
+		mem:   newMemory(),
+		mu:    h.lock(cfg.Key()),
+		slots: h.slots,
+		work:  h.work,
 		// Invalid and released workloads need at most one wake: do it
 		// now, and retry a failed one at retryPeriod (their configuration
 		// has no polling period).
@@ -132,15 +117,20 @@ func (h *ScaleHandler) newLoopState(cfg Config) *loopState {
 			st.cfg.Mode, st.cfg.Err = Invalid, err
 		} else {
 			st.decider = d
-			st.next, st.period = firstCheck(st.next, cfg), cfg.PollingPeriod
+			st.next, st.period = firstCheck(st.next, cfg.PollingPeriod, d.QuestionHash()), cfg.PollingPeriod
 		}
 	}
 	switch {
 	case cfg.Paused:
-		h.setState(st, StatePaused)
+		// A paused workload the daemon put to sleep still saves replicas.
+		var asleep int32
+		if w, ok := h.lister.Get(cfg.Ref); ok && w.Replicas == 0 {
+			asleep, _, _ = w.OriginalReplicas()
+		}
+		h.setState(st, StatePaused, asleep)
 		st.log.Debug("paused; leaving the workload as it is")
 	case st.cfg.Mode == Invalid:
-		h.setState(st, StateInvalid)
+		h.setState(st, StateInvalid, 0)
 		st.log.Error("invalid scaling configuration; not scaling this workload", zap.Error(st.cfg.Err))
 		if w, ok := h.lister.Get(cfg.Ref); ok {
 			h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, ReasonInvalidScalingConfig, st.cfg.Err.Error())
@@ -148,13 +138,13 @@ func (h *ScaleHandler) newLoopState(cfg Config) *loopState {
 	case st.cfg.Mode == Managed:
 		// Counted from its start, as the cache shows it, until its first
 		// check says more.
-		state := StateAwake
+		state, asleep := StateAwake, int32(0)
 		if w, ok := h.lister.Get(cfg.Ref); ok {
-			if _, ours, _ := w.OriginalReplicas(); ours && w.Replicas == 0 {
-				state = StateAsleep
+			if n, ours, _ := w.OriginalReplicas(); ours && w.Replicas == 0 {
+				state, asleep = StateAsleep, n
 			}
 		}
-		h.setState(st, state)
+		h.setState(st, state, asleep)
 	}
 	return st
 }
@@ -194,7 +184,7 @@ func (h *ScaleHandler) wait(ctx context.Context, st *loopState) bool {
 }
 
 func (h *ScaleHandler) endLoop(st *loopState) {
-	h.setState(st, "")
+	h.setState(st, "", 0)
 	if st.decider != nil {
 		st.decider.Close(context.Background())
 	}
@@ -225,9 +215,9 @@ func (h *ScaleHandler) checkAside(ctx context.Context, st *loopState) bool {
 	return <-done
 }
 
-// yieldSlot gives the check's slot back, if it still holds it. Writes call
-// it first: they wait on the API server, not on Prometheus, and the next
-// workload's check should not wait for them.
+// yieldSlot gives the check's slot back, if it still holds it. It is called
+// before a write: writes wait on the API server, not on Prometheus, and the
+// next workload's check should not wait for them.
 func (st *loopState) yieldSlot() {
 	if st.slot != nil {
 		<-st.slot
@@ -235,15 +225,15 @@ func (st *loopState) yieldSlot() {
 	}
 }
 
-// check runs one check of one workload. It returns true when the loop has
-// nothing left to do.
+// check runs one check of one workload: it reads the workload, asks what
+// decide asks for, and carries out the action decide returns. It returns
+// true when the loop has nothing left to do.
 func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if ctx.Err() != nil {
 		return true
 	}
-
 	w, ok := h.lister.Get(st.cfg.Ref)
 	if !ok && st.cfg.OutOfScope {
 		var err error
@@ -255,216 +245,115 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	if !ok {
 		return true // deleted; the informer tells us to forget it
 	}
-	if st.written != "" {
-		if w.ResourceVersion == st.written {
-			// The watch is behind (a herd of writes): deciding on the old
-			// object would only repeat our write and conflict.
-			st.log.Debug("the cache does not show our last write yet; waiting for it")
-			return false
-		}
-		st.written = ""
+	f := facts{now: h.clock.Now(), w: w}
+	var pretend bool
+	if f.w, pretend = st.dry.apply(w); !pretend {
+		st.dry = nil
 	}
-	now := h.clock.Now()
-	if st.dry != nil {
-		if st.dry.resourceVersion == w.ResourceVersion {
-			w = st.dry.apply(w)
+	for {
+		a, m := decide(st.cfg, f, st.mem)
+		if a.verb != doAsk {
+			return h.act(ctx, st, f, a, m)
+		}
+		if !h.ask(ctx, st, &f, a.ask) {
+			return false // the loop is stopping: a cancelled query is not a reading
+		}
+	}
+}
+
+// ask puts one question to the scaler and adds its answer to f. It returns
+// false if ctx ended meanwhile.
+func (h *ScaleHandler) ask(ctx context.Context, st *loopState, f *facts, q question) bool {
+	d := st.decider
+	var ans answer
+	switch q {
+	case askMetric:
+		ans.yes, ans.err = d.ShouldScaleToZero(ctx)
+		ans.reading = d.LastReading()
+		f.metric = &ans
+	case askWake:
+		var active bool
+		active, ans.err = d.ShouldScaleFromZero(ctx)
+		ans.yes, ans.reading = !active, d.LastReading()
+		f.metric = &ans
+	case askHealth:
+		ans.yes, ans.err = d.IsHealthy(ctx)
+		f.health = &ans
+	case askConfirm:
+		ans.yes, ans.err = d.ConfirmIdle(ctx)
+		ans.reading = d.LastConfirmation()
+		f.confirm = &ans
+	}
+	return ctx.Err() == nil
+}
+
+// act carries out one action and remembers m. It returns true when the
+// loop has nothing left to do.
+func (h *ScaleHandler) act(ctx context.Context, st *loopState, f facts, a action, m memory) (done bool) {
+	if a.warn != nil {
+		st.log.Warn(a.warn.message)
+		h.EventRecorder.Event(f.w.objectReference(), a.warn.eventType, a.warn.reason, a.warn.message)
+	}
+	if a.debug != "" {
+		if f.metric != nil {
+			st.log.Debug(a.debug, zap.Stringer("reading", f.metric.reading), zap.Error(f.metric.err))
 		} else {
-			st.dry = nil // the real workload changed: believe it again
+			st.log.Debug(a.debug)
 		}
 	}
-	original, ours, origErr := w.OriginalReplicas()
-	asleep := ours && w.Replicas == 0
-
-	if st.cfg.Mode != Managed {
-		// Wake it once if we put it to sleep, clear marks left behind, then
-		// there is nothing to do.
-		if w.Replicas != 0 && ours {
-			return h.clearMarks(ctx, st, w, w.ResourceVersion) == nil
-		}
-		if w.Replicas != 0 || (!ours && st.cfg.WakeTo == 0) {
-			return true
-		}
-		reason := "the zeroscaler.io/query annotation was removed"
-		switch {
-		case st.cfg.Mode == Invalid:
-			reason = "its scaling configuration is invalid"
-		case st.cfg.OutOfScope:
-			reason = "it no longer matches the daemon's --selector"
-		}
-		target := h.wakeTarget(st, original, origErr)
-		msg := fmt.Sprintf("scaled 0 → %d: woke because %s", target, reason)
-		return h.wake(ctx, st, w, target, ReasonScaledFromZero, msg) == nil
-	}
-
-	if st.lastReplicas >= 0 && w.Replicas > st.lastReplicas {
-		st.idleSince = now // scaled up by someone: the cooldown starts again
-	}
-	st.lastReplicas = w.Replicas
-
-	switch {
-	case asleep && st.clearPending:
-		// Woken by this loop, then scaled back to zero by someone before
-		// the marks went (the cache shows a version after our write, see
-		// written): not our sleep. People win; the marks go.
-		h.setState(st, StateAwake)
-		st.idleSince = now
-		if err := h.clearMarks(ctx, st, w, w.ResourceVersion); err != nil {
-			st.log.Info("could not clear sleep annotations; will retry", zap.Error(err))
+	asleep := st.asleep
+	if a.verb != doNothing {
+		st.yieldSlot()
+		if err := h.write(ctx, st, f, a); err != nil {
+			h.writeFailed(st, a, err)
+			st.mem = m
+			if a.verb == doClear && a.state != "" {
+				// Marks or not, the workload runs.
+				h.setState(st, a.state, 0)
+			}
 			return false
 		}
-		st.clearPending = false
-		st.log.Info("scaled to zero by someone right after zeroscaler woke it; leaving it alone and clearing the sleep annotations")
-	case asleep:
-		h.setState(st, StateAsleep)
-		h.checkAsleep(ctx, st, w, original, origErr)
-	case w.Replicas == 0:
-		// At zero, but not by us: people win.
-		h.setState(st, StateAwake)
-		st.idleSince = now
-		st.log.Debug("at zero replicas, not put there by zeroscaler; leaving it alone")
-	case ours && st.sleepFailed:
-		// Our own sleep stopped halfway; decide again as if awake.
-		h.checkAwake(ctx, st, w, now)
-	case ours && st.clearPending:
-		// Woken by this loop at the last check: now the marks go.
-		h.setState(st, StateAwake)
-		if err := h.clearMarks(ctx, st, w, w.ResourceVersion); err != nil {
-			st.log.Debug("could not clear sleep annotations after the wake; will retry", zap.Error(err))
-			return false
+		if !h.dryRun {
+			m.written = f.w.ResourceVersion
 		}
-		st.clearPending = false
-	case ours:
-		// Awake but still marked asleep: someone scaled it up, or we stopped
-		// between our two writes. Either way it is awake now.
-		st.idleSince = now
-		h.setState(st, StateAwake)
-		if err := h.clearMarks(ctx, st, w, w.ResourceVersion); err != nil {
-			st.log.Info("could not clear sleep annotations; will retry", zap.Error(err))
-			return false
+		switch a.verb {
+		case doSleep:
+			m.replicas, asleep = 0, f.w.Replicas
+			h.metrics.sleeps.Inc()
+			h.metrics.scaleOps.WithLabelValues("down", "ok").Inc()
+		case doWake:
+			m.replicas = a.target
+			h.metrics.wakes.WithLabelValues(a.cause).Inc()
+			h.metrics.scaleOps.WithLabelValues("up", "ok").Inc()
+		case doClear:
+			if a.cause != "" {
+				h.metrics.wakes.WithLabelValues(a.cause).Inc()
+			}
 		}
-		st.log.Info("workload is awake again; cleared its sleep annotations and restarted the cooldown", zap.Int32("replicas", w.Replicas))
-	default:
-		h.checkAwake(ctx, st, w, now)
 	}
-	return false
+	st.mem = m
+	if a.log != "" {
+		st.log.Info(a.log, zap.Int32("replicas", f.w.Replicas))
+	}
+	if a.event != nil {
+		h.announce(st, f.w, a.event)
+	}
+	if a.state != "" {
+		if a.state != StateAsleep {
+			asleep = 0
+		} else if asleep == 0 {
+			asleep, _, _ = f.w.OriginalReplicas()
+		}
+		h.setState(st, a.state, asleep)
+	}
+	return a.finish
 }
 
-func (h *ScaleHandler) checkAwake(ctx context.Context, st *loopState, w Workload, now time.Time) {
-	idle, err := st.decider.ShouldScaleToZero(ctx)
-	if ctx.Err() != nil {
-		return // the loop is stopping: that is not a reading
+func (h *ScaleHandler) setState(st *loopState, state string, asleep int32) {
+	if st.asleep != asleep {
+		h.metrics.replicasAsleep.Add(float64(asleep - st.asleep))
+		st.asleep = asleep
 	}
-	if err != nil || !idle {
-		st.idleSince = now
-		st.sleepFailed = false
-		h.setState(st, StateAwake)
-		h.reportProblem(st, w, err)
-		if err == nil {
-			st.log.Debug("active", zap.Stringer("reading", st.decider.LastReading()))
-		}
-		return
-	}
-	h.reportProblem(st, w, nil)
-	h.setState(st, StateIdle)
-	idleFor := now.Sub(st.idleSince)
-	if idleFor < st.cfg.CooldownPeriod {
-		st.log.Debug("idle, cooling down", zap.Stringer("reading", st.decider.LastReading()), zap.Duration("idleFor", idleFor))
-		return
-	}
-	healthy, err := st.decider.IsHealthy(ctx)
-	if ctx.Err() != nil {
-		return
-	}
-	if err != nil || !healthy {
-		log := st.log.Debug
-		if !st.unhealthy {
-			log = st.log.Info // told once per stretch, not at every check
-		}
-		st.unhealthy = true
-		log("idle for the cooldown period, but Prometheus did not see its targets up for the whole window; not scaling down",
-			zap.Stringer("reading", st.decider.LastReading()), zap.Error(err))
-		return
-	}
-	st.unhealthy = false
-	msg := fmt.Sprintf("scaled %d → 0: %s for %s", w.Replicas, st.decider.LastReading(), idleFor.Round(time.Second))
-	if err := h.sleep(ctx, st, w, now, msg); err != nil {
-		return
-	}
-	h.setState(st, StateAsleep)
-}
-
-func (h *ScaleHandler) checkAsleep(ctx context.Context, st *loopState, w Workload, original int32, origErr error) {
-	active, err := st.decider.ShouldScaleFromZero(ctx)
-	if ctx.Err() != nil {
-		// The loop is stopping (shutdown, lost leadership, a new
-		// configuration): a cancelled query is not a failed Prometheus.
-		return
-	}
-	var target int32
-	if err != nil || active {
-		target = h.wakeTarget(st, original, origErr)
-	}
-	switch {
-	case errors.Is(err, scaler.ErrNoData):
-		h.reportProblem(st, w, err)
-		st.log.Debug("no data; staying asleep", zap.Error(err))
-	case err != nil:
-		// Fail open: a sleeping workload we cannot judge is woken. The
-		// WokeOnError event tells of an outage; don't tell it twice. A
-		// query returning several series is the user's to fix: say so.
-		if errors.Is(err, scaler.ErrMultipleSeries) {
-			h.reportProblem(st, w, err)
-		}
-		st.lastProblem = scaler.ResultKind(err)
-		h.wake(ctx, st, w, target, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because the metric could not be read: %v", target, err))
-	case active:
-		h.reportProblem(st, w, nil)
-		h.wake(ctx, st, w, target, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: %s", target, st.decider.LastReading()))
-	default:
-		h.reportProblem(st, w, nil)
-		st.log.Debug("asleep and still idle", zap.Stringer("reading", st.decider.LastReading()))
-	}
-}
-
-func (h *ScaleHandler) wakeTarget(st *loopState, original int32, origErr error) int32 {
-	switch {
-	case original > 0:
-		return original
-	case origErr != nil:
-		st.log.Warn("recorded replica count is unusable; waking to min-replicas", zap.Error(origErr))
-	case st.cfg.WakeTo > 0:
-		return st.cfg.WakeTo
-	}
-	if st.cfg.MinReplicas > 0 {
-		return st.cfg.MinReplicas
-	}
-	return 1
-}
-
-// reportProblem tells of a query problem once when it starts (log line and
-// Warning event) and once when it ends (log line).
-func (h *ScaleHandler) reportProblem(st *loopState, w Workload, err error) {
-	kind := ""
-	if err != nil {
-		kind = scaler.ResultKind(err)
-	}
-	if kind == st.lastProblem {
-		return
-	}
-	st.lastProblem = kind
-	if err == nil {
-		st.log.Info("metric readable again")
-		return
-	}
-	reason, msg := ReasonMetricUnavailable, fmt.Sprintf("metric unavailable, nothing will be scaled down: %v", err)
-	if errors.Is(err, scaler.ErrMultipleSeries) {
-		reason, msg = ReasonInvalidScalingConfig, fmt.Sprintf("annotation zeroscaler.io/query: %v", err)
-	}
-	st.log.Warn(msg)
-	h.EventRecorder.Event(w.objectReference(), corev1.EventTypeWarning, reason, msg)
-}
-
-func (h *ScaleHandler) setState(st *loopState, state string) {
 	if st.state == state {
 		return
 	}

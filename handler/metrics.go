@@ -42,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"direction", "result"}),
 		apiWrites: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "zeroscaler_api_writes_total",
-			Help: "Writes to workloads sent to the Kubernetes API (annotation patches and scale updates).",
+			Help: "Writes to workloads sent to the Kubernetes API: each sleep, wake or clearing of sleep marks is one patch.",
 		}),
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zeroscaler_prometheus_queries_total",
@@ -68,7 +68,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zeroscaler_wakes_total",
-			Help: "Workloads woken, by cause: metric (the query rose to its threshold), error (the metric could not be read), person (someone scaled it up), schedule (awake-hours began), released (its configuration was removed or became invalid), group (another member of its group woke).",
+			Help: "Workloads woken, by cause: metric (the query rose to its threshold), error (the metric could not be read), person (someone scaled it up), released (its configuration was removed or became invalid, or it left the watch).",
 		}, []string{"cause"}),
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "zeroscaler_leader",

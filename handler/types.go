@@ -15,11 +15,19 @@ import (
 	"github.com/zeroscaler/zeroscaler/scaler"
 )
 
+// AnnotationPrefix is shared by every zeroscaler annotation; the cache keeps
+// only annotations with it.
+const AnnotationPrefix = "zeroscaler.io/"
+
+// AnnotationQuery holds a workload's PromQL query; the informer reads the
+// other annotations users write.
+const AnnotationQuery = AnnotationPrefix + "query"
+
 // Annotations the daemon writes on a workload it put to sleep. They are the
 // only state zeroscaler keeps: everything else is rebuilt after a restart.
 const (
-	AnnotationOriginalReplicas = "zeroscaler.io/original-replicas"
-	AnnotationScaledToZeroAt   = "zeroscaler.io/scaled-to-zero-at"
+	AnnotationOriginalReplicas = AnnotationPrefix + "original-replicas"
+	AnnotationScaledToZeroAt   = AnnotationPrefix + "scaled-to-zero-at"
 )
 
 // Ref names one workload.
@@ -72,7 +80,7 @@ func workloadFrom(ref Ref, u *unstructured.Unstructured) Workload {
 		w.Replicas = int32(n)
 	}
 	for k, v := range u.GetAnnotations() {
-		if strings.HasPrefix(k, annotationPrefix) {
+		if strings.HasPrefix(k, AnnotationPrefix) {
 			if w.Annotations == nil {
 				w.Annotations = map[string]string{}
 			}
@@ -81,8 +89,6 @@ func workloadFrom(ref Ref, u *unstructured.Unstructured) Workload {
 	}
 	return w
 }
-
-const annotationPrefix = "zeroscaler.io/"
 
 func (w Workload) objectReference() *corev1.ObjectReference {
 	apiVersion, kind := w.GroupVersionKind.ToAPIVersionAndKind()

@@ -3,183 +3,171 @@ package handler
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"go.uber.org/zap"
-	autoscalingv1 "k8s.io/api/autoscaling/v1"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// The order of writes is what makes a crash harmless:
+// Every change the daemon makes to a workload is one merge patch of the
+// workload itself, conditional on the resourceVersion the decision was made
+// on:
 //
-//   - to sleep, the original count is recorded first and replicas set to 0
-//     second; a crash in between leaves a running workload with stale marks,
-//     which the next check clears;
-//   - to wake, replicas are restored first and the marks removed second; a
-//     crash in between leaves a running workload with stale marks, likewise.
-//     A managed workload's marks are removed at its next check rather than
-//     at once, so that a wake costs one write when it counts: when a
-//     thousand wake together, their scale writes do not queue behind each
-//     other's annotation patches.
+//   - a sleep sets spec.replicas to 0 and records original-replicas and
+//     scaled-to-zero-at;
+//   - a wake sets spec.replicas to the original count and removes both
+//     marks;
+//   - a clear removes the marks of a workload someone else woke.
 //
-// So a workload at 0 always carries its original count. Every write is
-// conditional on the resourceVersion the decision was made on; a conflict
-// is retried at the next check, never forced.
+// Because replicas and marks change together, what the API shows is never
+// ambiguous, whatever happens between two writes or across a restart: a
+// workload at 0 with marks was put there by the daemon and nothing else, and
+// one at 0 without marks by someone else. The scale subresource cannot carry
+// annotations, which is why the daemon does not write through it. A
+// conflict is retried at the next check, never forced.
 
-// sleep records the original count, then scales to zero.
-func (h *ScaleHandler) sleep(ctx context.Context, st *loopState, w Workload, now time.Time, msg string) error {
+// ErrNotLeading is returned instead of writing when this replica's lease may
+// have passed to another (see Options.WriteDeadline).
+var ErrNotLeading = errors.New("not writing: the leader election lease may have lapsed")
+
+// write carries out a's change of f.w, or under --dry-run pretends to.
+func (h *ScaleHandler) write(ctx context.Context, st *loopState, f facts, a action) error {
+	var replicas *int32
+	marks := map[string]*string{AnnotationOriginalReplicas: nil, AnnotationScaledToZeroAt: nil}
+	switch a.verb {
+	case doSleep:
+		replicas = ptr(int32(0))
+		marks[AnnotationOriginalReplicas] = ptr(strconv.Itoa(int(f.w.Replicas)))
+		marks[AnnotationScaledToZeroAt] = ptr(f.now.UTC().Format(time.RFC3339))
+	case doWake:
+		replicas = &a.target
+	}
 	if h.dryRun {
-		st.dry = &dryView{resourceVersion: w.ResourceVersion, replicas: 0, original: w.Replicas}
-		h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
+		st.dry = pretend(st.dry, f.w, replicas, marks)
 		return nil
 	}
-	st.yieldSlot()
-	rv, err := h.annotate(ctx, w.Ref, w.ResourceVersion, map[string]*string{
-		AnnotationOriginalReplicas: ptr(strconv.Itoa(int(w.Replicas))),
-		AnnotationScaledToZeroAt:   ptr(now.UTC().Format(time.RFC3339)),
-	})
-	if err == nil {
-		if _, err = h.scale(ctx, w.Ref, rv, 0); err != nil {
-			st.sleepFailed = true
+	return h.patch(ctx, f.w.Ref, f.w.ResourceVersion, replicas, marks)
+}
+
+// pretend returns the dry-run view after a write of replicas and marks over
+// view, which may itself be pretended (old).
+func pretend(old *dryView, view Workload, replicas *int32, marks map[string]*string) *dryView {
+	v := &dryView{replicas: view.Replicas}
+	if old != nil {
+		v.underReplicas, v.underOriginal = old.underReplicas, old.underOriginal
+	} else {
+		v.underReplicas, v.underOriginal = view.Replicas, view.Annotations[AnnotationOriginalReplicas]
+	}
+	if replicas != nil {
+		v.replicas = *replicas
+	}
+	for k, val := range marks {
+		if val != nil {
+			if v.marks == nil {
+				v.marks = map[string]string{}
+			}
+			v.marks[k] = *val
 		}
 	}
-	if err != nil {
-		h.writeFailed(st, "down", err)
-		return err
-	}
-	st.sleepFailed = false
-	st.written = w.ResourceVersion
-	h.metrics.scaleOps.WithLabelValues("down", "ok").Inc()
-	h.announce(st, w, corev1.EventTypeNormal, ReasonScaledToZero, msg, w.Replicas, 0)
-	return nil
+	return v
 }
 
-// wake restores the replicas, then removes the sleep marks.
-func (h *ScaleHandler) wake(ctx context.Context, st *loopState, w Workload, target int32, reason, msg string) error {
-	eventType := corev1.EventTypeNormal
-	if reason == ReasonWokeOnError {
-		eventType = corev1.EventTypeWarning
-	}
-	if h.dryRun {
-		st.dry = &dryView{resourceVersion: w.ResourceVersion, replicas: target}
-		st.idleSince = h.clock.Now()
-		h.setState(st, StateAwake)
-		h.announce(st, w, eventType, reason, msg, 0, target)
-		return nil
-	}
-	st.yieldSlot()
-	rv, err := h.scale(ctx, w.Ref, w.ResourceVersion, target)
-	if err != nil {
-		h.writeFailed(st, "up", err)
-		return err
-	}
-	h.metrics.scaleOps.WithLabelValues("up", "ok").Inc()
-	st.written = w.ResourceVersion
-	st.idleSince = h.clock.Now()
-	st.lastReplicas = target
-	h.setState(st, StateAwake)
-	h.announce(st, w, eventType, reason, msg, 0, target)
-	if st.cfg.Mode == Managed {
-		st.clearPending = true
-		return nil
-	}
-	if err := h.clearMarks(ctx, st, w, rv); err != nil {
-		// The next check sees a running workload with marks and clears them.
-		st.log.Info("woke, but could not clear sleep annotations yet; will retry", zap.Error(err))
-	}
-	return nil
-}
-
-func (h *ScaleHandler) clearMarks(ctx context.Context, st *loopState, w Workload, rv string) error {
-	if h.dryRun {
-		return nil
-	}
-	st.yieldSlot()
-	_, err := h.annotate(ctx, w.Ref, rv, map[string]*string{
-		AnnotationOriginalReplicas: nil,
-		AnnotationScaledToZeroAt:   nil,
-	})
-	if err == nil {
-		st.written = w.ResourceVersion
-	}
-	return err
-}
-
-func (h *ScaleHandler) announce(st *loopState, w Workload, eventType, reason, msg string, from, to int32) {
+func (h *ScaleHandler) announce(st *loopState, w Workload, e *event) {
+	msg := e.message
 	if h.dryRun {
 		msg = "(dry run) " + msg
 	}
-	st.log.Info(msg, zap.String("reason", reason), zap.Int32("from", from), zap.Int32("to", to), zap.Bool("dryRun", h.dryRun))
-	h.EventRecorder.Event(w.objectReference(), eventType, reason, msg)
+	st.log.Info(msg, zap.String("reason", e.reason), zap.Bool("dryRun", h.dryRun))
+	h.EventRecorder.Event(w.objectReference(), e.eventType, e.reason, msg)
 }
 
-func (h *ScaleHandler) writeFailed(st *loopState, direction string, err error) {
+// writeFailed tells of a failed write in one line. Conflicts and timeouts
+// are expected in operation (someone else wrote first, the API server is
+// busy): they are logged without a stack trace and retried at the next
+// check.
+func (h *ScaleHandler) writeFailed(st *loopState, a action, err error) {
+	direction := map[verb]string{doSleep: "down", doWake: "up"}[a.verb]
 	result := "error"
-	if apierrors.IsConflict(err) {
+	switch {
+	case apierrors.IsConflict(err):
 		result = "conflict"
 		st.log.Debug("workload changed while deciding; will decide again at the next check", zap.Error(err))
-	} else {
-		st.log.Error("scale "+direction+" failed; will retry at the next check", zap.Error(err))
+	case errors.Is(err, ErrNotLeading):
+		st.log.Info("not written: this replica may no longer lead", zap.Error(err))
+	default:
+		st.log.Warn("write failed; will retry at the next check", zap.String("error", err.Error()))
 	}
-	h.metrics.scaleOps.WithLabelValues(direction, result).Inc()
+	if direction != "" {
+		h.metrics.scaleOps.WithLabelValues(direction, result).Inc()
+	}
 }
 
-// writeTimeout bounds one write. Writes do not end with their loop: a loop
-// replaced or stopped mid-decision still finishes the write it began, so
-// that a decision is never cut in half by a configuration change. It stays
-// well below the leader election renew deadline (10s) and the pod's grace
-// period (15s).
+// writeTimeout bounds one request to the API server, from the moment it is
+// sent: a wait for the client-side rate limiter comes before it and does not
+// count. Writes do not end with their loop: a loop replaced or stopped
+// mid-decision still finishes the write it began, so that a decision is
+// never cut in half by a configuration change. Under leader election they
+// end with the lease (see writeContext).
 const writeTimeout = 5 * time.Second
 
-// annotate sets (or, for nil values, removes) annotations, provided the
-// workload is still at resourceVersion rv. It returns the new
-// resourceVersion.
-func (h *ScaleHandler) annotate(ctx context.Context, ref Ref, rv string, set map[string]*string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
-	defer cancel()
-	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
-	if err != nil {
-		return "", fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
+// writeContext returns the context one write runs in: not ended by the
+// loop's end, but by the lease's (Options.WriteDeadline), and after the
+// client-side rate limiter let the write go, by writeTimeout.
+func (h *ScaleHandler) writeContext(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	ctx, cancelLease := context.WithoutCancel(ctx), context.CancelFunc(func() {})
+	if h.writeDeadline != nil {
+		deadline := h.writeDeadline()
+		if !time.Now().Before(deadline) {
+			return nil, nil, ErrNotLeading
+		}
+		ctx, cancelLease = context.WithDeadline(ctx, deadline)
 	}
-	patch, err := json.Marshal(map[string]any{
-		"metadata": map[string]any{"resourceVersion": rv, "annotations": set},
-	})
-	if err != nil {
-		return "", err
+	if h.limiter != nil {
+		// Only the lease can end this wait: the context is not the loop's.
+		if err := h.limiter.Wait(ctx); err != nil {
+			cancelLease()
+			return nil, nil, fmt.Errorf("%w before the client-side rate limiter let the write go: %v", ErrNotLeading, err)
+		}
 	}
-	h.metrics.apiWrites.Inc()
-	out, err := h.kDynamicClient.Resource(mapping.Resource).Namespace(ref.Namespace).
-		Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
-	if err != nil {
-		return "", fmt.Errorf("annotate %s: %w", ref.Key(), err)
-	}
-	return out.GetResourceVersion(), nil
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	return ctx, func() { cancel(); cancelLease() }, nil
 }
 
-// scale sets replicas through the scale subresource, provided the workload
-// is still at resourceVersion rv. It returns the new resourceVersion.
-func (h *ScaleHandler) scale(ctx context.Context, ref Ref, rv string, replicas int32) (string, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
-	defer cancel()
+// patch sets replicas (unless nil) and the annotations (removing those with
+// nil values) in one merge patch, provided the workload is still at
+// resourceVersion rv.
+func (h *ScaleHandler) patch(ctx context.Context, ref Ref, rv string, replicas *int32, annotations map[string]*string) error {
 	mapping, err := h.restMapper.RESTMapping(ref.GroupKind(), ref.Version)
 	if err != nil {
-		return "", fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
+		return fmt.Errorf("map %s: %w", ref.GroupVersionKind, err)
 	}
-	s := &autoscalingv1.Scale{
-		ObjectMeta: metav1.ObjectMeta{Name: ref.Name, Namespace: ref.Namespace, ResourceVersion: rv},
-		Spec:       autoscalingv1.ScaleSpec{Replicas: replicas},
+	body := map[string]any{
+		"metadata": map[string]any{"resourceVersion": rv, "annotations": annotations},
 	}
-	h.metrics.apiWrites.Inc()
-	out, err := h.scaleClient.Scales(ref.Namespace).Update(ctx, mapping.Resource.GroupResource(), s, metav1.UpdateOptions{FieldManager: fieldManager})
+	if replicas != nil {
+		body["spec"] = map[string]any{"replicas": *replicas}
+	}
+	patch, err := json.Marshal(body)
 	if err != nil {
-		return "", fmt.Errorf("scale %s to %d: %w", ref.Key(), replicas, err)
+		return err
 	}
-	return out.ResourceVersion, nil
+	ctx, cancel, err := h.writeContext(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	h.metrics.apiWrites.Inc()
+	_, err = h.kDynamicClient.Resource(mapping.Resource).Namespace(ref.Namespace).
+		Patch(ctx, ref.Name, types.MergePatchType, patch, metav1.PatchOptions{FieldManager: fieldManager})
+	if err != nil {
+		return fmt.Errorf("patch %s: %w", ref.Key(), err)
+	}
+	return nil
 }
 
 // getLive reads a workload from the API server; ok is false if it is gone.

@@ -1,0 +1,141 @@
+package handler
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/util/flowcontrol"
+)
+
+// lease is a WriteDeadline a test moves.
+type lease struct {
+	mu       sync.Mutex
+	deadline time.Time
+}
+
+func (l *lease) set(d time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.deadline = d
+}
+
+func (l *lease) get() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
+}
+
+// Item 11 of the hardening issue: a replica whose lease may have passed to
+// another starts no write; a renewed one writes again.
+func TestNoWriteAfterTheLease(t *testing.T) {
+	hs := newHarness(t, false, deployment("web", 3, nil))
+	l := &lease{}
+	l.set(time.Now().Add(-time.Second)) // taken away: the last renewal is too old
+	hs.h.writeDeadline = l.get
+	hs.prom.set("q", idle)
+	hs.h.Sync(managed("web"))
+	hs.run()
+
+	hs.ticks(6) // idle well past the cooldown
+	if n := hs.world.writeActions(); n != 0 {
+		t.Fatalf("%d write requests after the lease lapsed, want none", n)
+	}
+	for _, e := range hs.takeEvents() {
+		t.Errorf("told %q without writing", e)
+	}
+	if w := hs.workload("web"); w.Replicas != 3 || len(w.Annotations) != 0 {
+		t.Errorf("workload = %d replicas, %v; want it untouched", w.Replicas, w.Annotations)
+	}
+
+	l.set(time.Now().Add(time.Hour)) // renewed
+	hs.tick(1)
+	wantStrings(t, "writes once the lease is renewed", hs.world.takeWrites(),
+		[]string{"patch web replicas=0 original-replicas=3 scaled-to-zero-at=" + hs.stamp()})
+}
+
+// blockingLimiter lets a write go only when released, or fails once its
+// context ends, as flowcontrol's token bucket does.
+type blockingLimiter struct {
+	flowcontrol.RateLimiter
+	release chan struct{}
+}
+
+func (l *blockingLimiter) Wait(ctx context.Context) error {
+	select {
+	case <-l.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Issue 13, item 2: the wait for the client-side rate limiter is not part
+// of a write's timeout; the lease bounds both.
+func TestWriteContext(t *testing.T) {
+	t.Run("the timeout starts once the limiter lets the write go", func(t *testing.T) {
+		lim := &blockingLimiter{release: make(chan struct{})}
+		h := &ScaleHandler{limiter: lim}
+		const queued = 100 * time.Millisecond
+		go func() {
+			time.Sleep(queued)
+			close(lim.release)
+		}()
+		began := time.Now()
+		ctx, cancel, err := h.writeContext(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cancel()
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			t.Fatal("a write has no deadline")
+		}
+		if got := deadline.Sub(began); got < writeTimeout+queued {
+			t.Errorf("deadline %v after the write was queued, want at least the %v queued plus the %v timeout", got, queued, writeTimeout)
+		}
+	})
+	t.Run("the loop's end does not cut a write short", func(t *testing.T) {
+		h := &ScaleHandler{}
+		loopCtx, endLoop := context.WithCancel(context.Background())
+		ctx, cancel, err := h.writeContext(loopCtx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cancel()
+		endLoop()
+		if ctx.Err() != nil {
+			t.Error("the write's context ended with its loop")
+		}
+	})
+	t.Run("a lease that ends first ends the write", func(t *testing.T) {
+		l := &lease{}
+		l.set(time.Now().Add(time.Second))
+		h := &ScaleHandler{writeDeadline: l.get}
+		ctx, cancel, err := h.writeContext(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cancel()
+		if deadline, _ := ctx.Deadline(); deadline.After(l.get()) {
+			t.Errorf("write deadline %v is after the lease's %v", deadline, l.get())
+		}
+	})
+	t.Run("no write starts once the lease ended in the limiter's queue", func(t *testing.T) {
+		l := &lease{}
+		l.set(time.Now().Add(50 * time.Millisecond))
+		h := &ScaleHandler{writeDeadline: l.get, limiter: &blockingLimiter{release: make(chan struct{})}}
+		_, _, err := h.writeContext(context.Background())
+		if !errors.Is(err, ErrNotLeading) {
+			t.Errorf("err = %v, want ErrNotLeading", err)
+		}
+	})
+	t.Run("no write starts after the lease", func(t *testing.T) {
+		h := &ScaleHandler{writeDeadline: func() time.Time { return time.Time{} }}
+		if _, _, err := h.writeContext(context.Background()); !errors.Is(err, ErrNotLeading) {
+			t.Errorf("err = %v, want ErrNotLeading", err)
+		}
+	})
+}
