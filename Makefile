@@ -9,6 +9,8 @@ SHELL := bash
 
 GO      ?= go
 BIN     := $(CURDIR)/bin
+# promtool ships with Debian's prometheus package; else put it in bin/.
+PROMTOOL ?= $(or $(shell command -v promtool 2>/dev/null),$(BIN)/promtool)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: help
@@ -40,12 +42,18 @@ prometheus: ## Make sure a Prometheus binary exists (installs Debian's package w
 ##@ Test
 
 .PHONY: test
-test: ## Run the unit tests, then the end-to-end tests
+test: ## Run the alert rule tests, the unit tests, then the end-to-end tests
+	$(MAKE) test-rules
 	$(MAKE) test-unit
 	$(MAKE) test-e2e
 
+.PHONY: test-rules
+test-rules: prometheus ## Check the alert rules and run their promtool unit tests
+	$(PROMTOOL) check rules deploy/prometheus/rules.yaml
+	$(PROMTOOL) test rules deploy/prometheus/rules_test.yaml
+
 .PHONY: test-unit
-test-unit: ## Run the unit tests with the race detector
+test-unit: prometheus ## Run the unit tests with the race detector (promtool checks /metrics and the dashboard)
 	$(GO) test -race ./...
 
 .PHONY: test-e2e

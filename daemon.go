@@ -74,8 +74,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	}
 
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := handler.NewMetrics(registry)
+	metrics := newMetrics(registry)
 
 	servers, err := scaler.NewServers(scaler.Options{
 		DefaultAddress:       o.prometheusAddress,
@@ -166,6 +165,13 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		return nil
 	}
 	return lead(ctx, o, lock, log, metrics, h.Run)
+}
+
+// newMetrics registers everything /metrics serves with reg: the daemon's
+// own metrics, and the Go and process collectors.
+func newMetrics(reg prometheus.Registerer) *handler.Metrics {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return handler.NewMetrics(reg)
 }
 
 // metricsShutdownTimeout bounds the wait for scrapes in flight at exit.

@@ -20,6 +20,9 @@ type Metrics struct {
 	replicasAsleep prometheus.Gauge
 	sleeps         prometheus.Counter
 	wakes          *prometheus.CounterVec
+	// metricUnavailable counts, by result kind, the workloads whose metric
+	// could not be read at their last check; see MetricProblem.
+	metricUnavailable *prometheus.GaugeVec
 	// Leader is 1 while this replica leads.
 	Leader prometheus.Gauge
 }
@@ -70,15 +73,66 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "zeroscaler_wakes_total",
 			Help: "Workloads woken, by cause: metric (the query rose to its threshold), error (the metric could not be read), person (someone scaled it up), released (its configuration was removed or became invalid, or it left the watch).",
 		}, []string{"cause"}),
+		metricUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "zeroscaler_metric_unavailable",
+			Help: "Workloads whose metric could not be read at their last check, by result (no_data, multiple_series, timeout, bad_query, bad_response, server_error, error). Nothing of theirs is scaled down while it lasts.",
+		}, []string{"result"}),
 		Leader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "zeroscaler_leader",
 			Help: "1 while this replica is the leader and runs workload loops, else 0.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.loops, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.replicasAsleep, m.sleeps, m.wakes, m.Leader)
+		reg.MustRegister(m.loops, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.replicasAsleep, m.sleeps, m.wakes, m.metricUnavailable, m.Leader)
 	}
+	m.initLabels()
 	return m
+}
+
+// Label values known at start. Their series are exported at 0 from the
+// start, so that a dashboard shows every state and cause, and so that
+// rate() and increase() in alerts see a counter's first increment: a series
+// that appears at 1 has no earlier sample to rise from.
+var (
+	metricStates     = []string{StateAwake, StateIdle, StateAsleep, StatePaused, StateInvalid}
+	metricDirections = []string{"down", "up"}
+	metricWriteRes   = []string{"ok", "conflict", "error"}
+	metricWakeCauses = []string{"metric", "error", "person", "schedule", "released", "group"}
+	// metricProblems are scaler.ResultKind's kinds, but "ok".
+	metricProblems = []string{"no_data", "multiple_series", "timeout", "bad_query", "bad_response", "server_error", "error"}
+)
+
+func (m *Metrics) initLabels() {
+	for _, s := range metricStates {
+		m.workloads.WithLabelValues(s)
+	}
+	for _, d := range metricDirections {
+		for _, r := range metricWriteRes {
+			m.scaleOps.WithLabelValues(d, r)
+		}
+	}
+	for _, c := range metricWakeCauses {
+		m.wakes.WithLabelValues(c)
+	}
+	for _, p := range metricProblems {
+		m.metricUnavailable.WithLabelValues(p)
+	}
+}
+
+// metricProblem moves a workload from one query problem to another in
+// zeroscaler_metric_unavailable. Problems are scaler.ResultKind's kinds;
+// "" (or "ok") is none. A loop calls it whenever the problem it remembers
+// changes, and with (problem, "") when it ends.
+func (m *Metrics) metricProblem(from, to string) {
+	if from == to {
+		return
+	}
+	if from != "" && from != "ok" {
+		m.metricUnavailable.WithLabelValues(from).Dec()
+	}
+	if to != "" && to != "ok" {
+		m.metricUnavailable.WithLabelValues(to).Inc()
+	}
 }
 
 // ObserveQuery counts one request to Prometheus; it fits
