@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Builds the local control plane into bin/: kube-apiserver and kubectl from
-# k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3. Each binary is built
+# k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3; and the developer
+# tools: helm (chart tests) and golangci-lint (make lint). Each binary is built
 # only when it is missing or its tools module changed since it was built.
+#
+#   hack/build-tools.sh                 everything
+#   hack/build-tools.sh golangci-lint   only the binaries named
 set -euo pipefail
+only=("$@")
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin="$root/bin"
 mkdir -p "$bin"
@@ -12,6 +17,9 @@ kube_version=v1.37.2
 build() {
 	local name=$1 dir=$2 pkg=$3 ldflags=${4:-}
 	local out="$bin/$name"
+	if ((${#only[@]} > 0)) && [[ " ${only[*]} " != *" $name "* ]]; then
+		return
+	fi
 	if [[ -x "$out" && "$out" -nt "$dir/go.mod" && "$out" -nt "$dir/go.sum" ]]; then
 		return
 	fi
@@ -25,3 +33,13 @@ build etcd "$root/hack/tools/etcd" go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver "$root/hack/tools/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kubectl "$root/hack/tools/kube" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
 build kube-controller-manager "$root/hack/tools/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+
+# helm and golangci-lint print the versions they were built as. helm also
+# takes the Kubernetes version it assumes without a cluster (helm template,
+# helm lint's deprecation checks) from ldflags, as its own Makefile sets it
+# from its client-go (v0.37 here: Kubernetes 1.37).
+helm_version=v3.22.0
+build helm "$root/hack/tools/helm" helm.sh/helm/v3/cmd/helm \
+	"-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37"
+build golangci-lint "$root/hack/tools/golangci-lint" github.com/golangci/golangci-lint/v2/cmd/golangci-lint \
+	"-s -w -X main.version=v2.15.0"
