@@ -13,12 +13,18 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/zeroscaler/zeroscaler/status"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		cmd := status.Command{Stdout: os.Stdout, Stderr: os.Stderr}
+		os.Exit(cmd.Run(context.Background(), os.Args[2:]))
+	}
 	o := newOptions()
 	fs := o.flags("zeroscaler")
 	if err := fs.Parse(os.Args[1:]); err != nil {
