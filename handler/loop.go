@@ -196,7 +196,9 @@ func (h *ScaleHandler) wait(ctx context.Context, st *loopState) bool {
 func (h *ScaleHandler) endLoop(st *loopState) {
 	h.setState(st, "")
 	if st.decider != nil {
-		st.decider.Close(context.Background())
+		if err := st.decider.Close(context.Background()); err != nil {
+			st.log.Warn("close the loop's scaler", zap.Error(err))
+		}
 	}
 }
 
@@ -412,14 +414,16 @@ func (h *ScaleHandler) checkAsleep(ctx context.Context, st *loopState, w Workloa
 		// Fail open: a sleeping workload we cannot judge is woken. The
 		// WokeOnError event tells of an outage; don't tell it twice. A
 		// query returning several series is the user's to fix: say so.
+		// (A failed wake is logged and counted by writeFailed, and tried
+		// again at the next check.)
 		if errors.Is(err, scaler.ErrMultipleSeries) {
 			h.reportProblem(st, w, err)
 		}
 		st.lastProblem = scaler.ResultKind(err)
-		h.wake(ctx, st, w, target, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because the metric could not be read: %v", target, err))
+		_ = h.wake(ctx, st, w, target, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because the metric could not be read: %v", target, err))
 	case active:
 		h.reportProblem(st, w, nil)
-		h.wake(ctx, st, w, target, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: %s", target, st.decider.LastReading()))
+		_ = h.wake(ctx, st, w, target, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: %s", target, st.decider.LastReading()))
 	default:
 		h.reportProblem(st, w, nil)
 		st.log.Debug("asleep and still idle", zap.Stringer("reading", st.decider.LastReading()))
