@@ -1,7 +1,8 @@
 # zeroscaler. Run `make help` to list the targets.
 #
-# bin/ holds the daemon (bin/zeroscaler) and the local control plane used by
-# the end-to-end tests (bin/etcd, bin/kube-apiserver, bin/kubectl).
+# bin/ holds the daemon (bin/zeroscaler), the local control plane used by
+# the end-to-end tests (bin/etcd, bin/kube-apiserver, bin/kubectl), and the
+# developer tools (bin/helm, bin/golangci-lint).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -26,7 +27,7 @@ build: ## Build the daemon into bin/zeroscaler
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/zeroscaler .
 
 .PHONY: tools
-tools: ## Build etcd, kube-apiserver and kubectl into bin/ (skips what is up to date)
+tools: ## Build etcd, kube-apiserver, kubectl, helm and golangci-lint into bin/ (skips what is up to date)
 	bash hack/build-tools.sh
 
 .PHONY: prometheus
@@ -66,6 +67,11 @@ test-e2e: tools prometheus ## Run the end-to-end tests against a local API serve
 vet: ## Run go vet, with and without the e2e build tag
 	$(GO) vet ./...
 	$(GO) vet -tags e2e ./...
+
+.PHONY: lint
+lint: ## Run golangci-lint (.golangci.yml) on all packages, e2e included
+	bash hack/build-tools.sh golangci-lint
+	$(BIN)/golangci-lint run ./...
 
 .PHONY: fmt
 fmt: ## Format all Go files

@@ -186,7 +186,9 @@ func (h *ScaleHandler) wait(ctx context.Context, st *loopState) bool {
 func (h *ScaleHandler) endLoop(st *loopState) {
 	h.setState(st, "", 0)
 	if st.decider != nil {
-		st.decider.Close(context.Background())
+		if err := st.decider.Close(context.Background()); err != nil {
+			st.log.Warn("close the loop's scaler", zap.Error(err))
+		}
 	}
 }
 

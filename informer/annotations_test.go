@@ -290,7 +290,7 @@ func checkBad(t *testing.T, annotations map[string]string, cfg handler.Config, e
 func fieldErrors(t testing.TB, err error) []*FieldError {
 	t.Helper()
 	var fe *FieldError
-	if errors.As(err, &fe) && err == error(fe) {
+	if errors.As(err, &fe) && err == error(fe) { //nolint:errorlint // err itself, not one it wraps
 		return []*FieldError{fe}
 	}
 	multi, ok := err.(interface{ Unwrap() []error })

@@ -115,10 +115,10 @@ func realisticDeployment(i int) *appsv1.Deployment {
 	d.ManagedFields = []metav1.ManagedFieldsEntry{
 		{Manager: "kubectl-client-side-apply", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "apps/v1",
 			Time: ptr.To(metav1.NewTime(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC))), FieldsType: "FieldsV1",
-			FieldsV1: &metav1.FieldsV1{Raw: []byte(fieldsV1Spec)}},
+			FieldsV1: metav1.NewFieldsV1(fieldsV1Spec)},
 		{Manager: "kube-controller-manager", Operation: metav1.ManagedFieldsOperationUpdate, APIVersion: "apps/v1", Subresource: "status",
 			Time: ptr.To(metav1.NewTime(time.Date(2025, 1, 2, 3, 5, 0, 0, time.UTC))), FieldsType: "FieldsV1",
-			FieldsV1: &metav1.FieldsV1{Raw: []byte(fieldsV1Status)}},
+			FieldsV1: metav1.NewFieldsV1(fieldsV1Status)},
 	}
 	return d
 }
@@ -178,7 +178,6 @@ func measureCache(ctx context.Context, n, runs int) (*cacheResult, error) {
 		objs[i] = realisticDeployment(i)
 	}
 	cs := fake.NewClientset(objs...)
-	objs = nil
 
 	lean := func(ctx context.Context) (func(), error) {
 		inf := informer.New(cs, informer.Options{})

@@ -149,7 +149,11 @@ func run(ctx context.Context, o options, sets []set) (err error) {
 	if b.standin, err = startStandin(activeValue); err != nil {
 		return err
 	}
-	defer b.standin.close()
+	defer func() {
+		if closeErr := b.standin.close(); err == nil {
+			err = closeErr
+		}
+	}()
 
 	if b.stack, err = b.startStack(ctx); err != nil {
 		return err
@@ -305,8 +309,9 @@ func machine() machineInfo {
 		for line := range strings.Lines(string(b)) {
 			if v, ok := strings.CutPrefix(line, "MemTotal:"); ok {
 				var kb float64
-				fmt.Sscanf(strings.TrimSpace(v), "%f", &kb)
-				m.MemTotal = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+				if _, err := fmt.Sscanf(strings.TrimSpace(v), "%f", &kb); err == nil {
+					m.MemTotal = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+				}
 			}
 		}
 	}

@@ -539,15 +539,6 @@ func unchanged(before snapshot) func(snapshot) error {
 	}
 }
 
-func replicasAre(n int32) func(snapshot) error {
-	return func(s snapshot) error {
-		if s.replicas != n {
-			return fmt.Errorf("has %d replicas, want %d", s.replicas, n)
-		}
-		return nil
-	}
-}
-
 // --- waiting ---
 
 // waitFor polls cond until it reports done, or fails the test after

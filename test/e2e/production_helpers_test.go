@@ -413,7 +413,14 @@ func prodRender(t *testing.T, dir string) []*unstructured.Unstructured {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr.String())
 	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(&stdout, 4096)
+	return prodDecode(t, dir, &stdout)
+}
+
+// prodDecode decodes the manifests that source rendered, one object per
+// YAML document; empty documents are skipped.
+func prodDecode(t *testing.T, source string, r io.Reader) []*unstructured.Unstructured {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
 	var objs []*unstructured.Unstructured
 	for {
 		u := &unstructured.Unstructured{}
@@ -421,7 +428,7 @@ func prodRender(t *testing.T, dir string) []*unstructured.Unstructured {
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			t.Fatalf("decode the manifests of %s: %v", dir, err)
+			t.Fatalf("decode the manifests of %s: %v", source, err)
 		}
 		if len(u.Object) != 0 {
 			objs = append(objs, u)

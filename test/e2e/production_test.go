@@ -15,6 +15,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
@@ -436,20 +437,31 @@ const prodSA = "system:serviceaccount:zeroscaler-system:zeroscaler"
 var prodSAGroups = []string{"system:serviceaccounts", "system:serviceaccounts:zeroscaler-system", "system:authenticated"}
 
 // TestProductionRBACClusterInstall applies the base install's RBAC and runs
-// the daemon as its ServiceAccount: its rights must be enough to put a
-// Deployment and a StatefulSet to sleep and wake them, emit Events and hold
-// the Lease, and no more than that.
+// the daemon as its ServiceAccount.
 func TestProductionRBACClusterInstall(t *testing.T) {
-	cs := clientset(t)
 	objs := prodRender(t, "deploy")
+	if prodFind(objs, "Namespace", "zeroscaler-system") == nil {
+		t.Fatal("deploy/ renders no Namespace zeroscaler-system")
+	}
+	prodRBACClusterInstall(t, "deploy/", objs)
+}
+
+// prodRBACClusterInstall applies the RBAC of a cluster-wide install that
+// source rendered into objs, and runs the daemon as its ServiceAccount with
+// its Deployment's args: its rights must be enough to put a Deployment and a
+// StatefulSet to sleep and wake them, emit Events and hold the Lease, and no
+// more than that.
+func prodRBACClusterInstall(t *testing.T, source string, objs []*unstructured.Unstructured) {
+	cs := clientset(t)
+	daemonBinary(t) // before the clock below starts: the first build takes minutes on a busy machine
 	for _, want := range [][2]string{
-		{"Namespace", "zeroscaler-system"}, {"ServiceAccount", "zeroscaler"},
+		{"ServiceAccount", "zeroscaler"},
 		{"ClusterRole", "zeroscaler"}, {"ClusterRoleBinding", "zeroscaler"},
 		{"Role", "zeroscaler-leader-election"}, {"RoleBinding", "zeroscaler-leader-election"},
 		{"Deployment", "zeroscaler"},
 	} {
 		if prodFind(objs, want[0], want[1]) == nil {
-			t.Fatalf("deploy/ renders no %s %s", want[0], want[1])
+			t.Fatalf("%s renders no %s %s", source, want[0], want[1])
 		}
 	}
 	manifestArgs := prodContainerArgs(t, prodFind(objs, "Deployment", "zeroscaler"))
@@ -566,27 +578,34 @@ func TestProductionRBACClusterInstall(t *testing.T) {
 }
 
 // TestProductionRBACNamespacedInstall applies the namespaced overlay's RBAC
-// and runs the daemon as its ServiceAccount: it works in "apps" and can touch
-// nothing elsewhere.
+// and runs the daemon as its ServiceAccount.
 func TestProductionRBACNamespacedInstall(t *testing.T) {
+	prodRBACNamespacedInstall(t, "deploy/namespaced", prodRender(t, "deploy/namespaced"))
+}
+
+// prodRBACNamespacedInstall applies the RBAC of an install watching the
+// namespace "apps" that source rendered into objs, and runs the daemon as
+// its ServiceAccount with its Deployment's args: it works in "apps" and can
+// touch nothing elsewhere.
+func prodRBACNamespacedInstall(t *testing.T, source string, objs []*unstructured.Unstructured) {
 	cs := clientset(t)
-	objs := prodRender(t, "deploy/namespaced")
+	daemonBinary(t)
 	for _, kind := range []string{"ClusterRole", "ClusterRoleBinding"} {
 		if o := prodFind(objs, kind, "zeroscaler"); o != nil {
-			t.Fatalf("deploy/namespaced renders %s %s: a single-namespace install needs no cluster-wide rights", kind, o.GetName())
+			t.Fatalf("%s renders %s %s: a single-namespace install needs no cluster-wide rights", source, kind, o.GetName())
 		}
 	}
 	for _, want := range [][2]string{{"Role", "zeroscaler"}, {"RoleBinding", "zeroscaler"}, {"Role", "zeroscaler-leader-election"}} {
 		if prodFind(objs, want[0], want[1]) == nil {
-			t.Fatalf("deploy/namespaced renders no %s %s", want[0], want[1])
+			t.Fatalf("%s renders no %s %s", source, want[0], want[1])
 		}
 	}
 	if ns := prodFind(objs, "Role", "zeroscaler").GetNamespace(); ns != "apps" {
-		t.Fatalf("deploy/namespaced puts Role zeroscaler in %q, want apps", ns)
+		t.Fatalf("%s puts Role zeroscaler in %q, want apps", source, ns)
 	}
 	manifestArgs := prodContainerArgs(t, prodFind(objs, "Deployment", "zeroscaler"))
 	if !slices.Contains(manifestArgs, "--watch-namespace=apps") {
-		t.Fatalf("the namespaced Deployment's args %q do not watch apps", manifestArgs)
+		t.Fatalf("the Deployment's args %q from %s do not watch apps", manifestArgs, source)
 	}
 	// The base install's test deletes its cluster-wide objects; if they
 	// were left, they would grant what this test checks is not granted.
@@ -609,7 +628,9 @@ func TestProductionRBACNamespacedInstall(t *testing.T) {
 	series := t.Name()
 	stack.Exporter.Set(series, 0)
 	t.Cleanup(func() { stack.Exporter.Delete(series) })
-	name := "e2e-namespaced-web"
+	// Named after the test: "apps" outlives each test, and so do the
+	// Events counted below.
+	name := strings.ToLower(t.Name())
 	for _, ns := range []string{"apps", "other"} {
 		if _, err := cs.AppsV1().Deployments(ns).Create(ctx, prodDeployment(name, 3, nil, prodAnnotations(series, "3s")), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

@@ -215,7 +215,7 @@ func (p *promServer) waitReady(ctx context.Context, promAPI v1.API, startedAt ti
 		case <-done:
 			return fmt.Errorf("prometheus exited while starting; log ends with:\n%s", p.logTail())
 		case <-ctx.Done():
-			return fmt.Errorf("wait for prometheus: %w (last: %v); log ends with:\n%s", ctx.Err(), last, p.logTail())
+			return fmt.Errorf("wait for prometheus: %w (last: %w); log ends with:\n%s", ctx.Err(), last, p.logTail())
 		case <-time.After(pollInterval):
 		}
 	}
