@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/zeroscaler/zeroscaler/scaler"
+	"github.com/zeroscaler/zeroscaler/schedule"
 )
 
 // AnnotationPrefix is shared by every zeroscaler annotation; the cache keeps
@@ -137,6 +138,25 @@ type Config struct {
 	// view (relabelled out of --selector) while asleep: its loop reads it
 	// from the API server, since the cache no longer holds it.
 	OutOfScope bool
+
+	// Group names the group the workload belongs to, "" if none. Names are
+	// unique within a namespace (key a group by Namespace and Group): a
+	// zeroscaler.io/group value, or "namespace:" and the namespace's name
+	// for the group a Namespace carrying zeroscaler.io/query makes of its
+	// workloads. A Managed member may have no query (Metadata.Query ""):
+	// it sleeps and wakes with the others and decides nothing. The
+	// informer makes every member of a group without any member carrying
+	// a query Invalid, with an error naming the group. Group is kept on
+	// Invalid configurations too: an invalid member keeps its group awake.
+	Group string
+	// AwakeHours, if set, are office hours: inside them the workload (or
+	// its group) never sleeps, and one asleep is woken at their start.
+	AwakeHours *schedule.Hours
+	// Excluded is set (zeroscaler.io/exclude: "true", on the workload or
+	// inherited from its Namespace) on a workload zeroscaler must leave
+	// alone: it comes as Released if the daemon put it to sleep, so that it
+	// is woken, and is forgotten otherwise.
+	Excluded bool
 }
 
 // Equal reports whether two configurations would run the same loop.

@@ -3,6 +3,7 @@ package informer
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/http"
 	"strconv"
@@ -11,9 +12,11 @@ import (
 
 	"github.com/prometheus/common/config"
 	"golang.org/x/net/http/httpguts"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/zeroscaler/zeroscaler/handler"
 	"github.com/zeroscaler/zeroscaler/scaler"
+	"github.com/zeroscaler/zeroscaler/schedule"
 )
 
 // Annotations users write on a Deployment or StatefulSet.
@@ -27,7 +30,25 @@ const (
 	AnnotationPollingInterval = "zeroscaler.io/polling-interval"
 	AnnotationMinReplicas     = "zeroscaler.io/min-replicas"
 	AnnotationPaused          = "zeroscaler.io/paused"
+	AnnotationGroup           = "zeroscaler.io/group"
+	AnnotationExclude         = "zeroscaler.io/exclude"
+	AnnotationAwakeHours      = "zeroscaler.io/awake-hours"
 )
+
+// userAnnotations are the annotations users write, on a workload or on its
+// Namespace; a Namespace's apply to each of its workloads that does not set
+// its own. The daemon's own marks are not among them.
+var userAnnotations = []string{
+	AnnotationQuery, AnnotationThreshold, AnnotationServerAddress, AnnotationUptimeFilter, AnnotationHeaders,
+	AnnotationCooldownPeriod, AnnotationPollingInterval, AnnotationMinReplicas, AnnotationPaused,
+	AnnotationGroup, AnnotationExclude, AnnotationAwakeHours,
+}
+
+// NamespaceGroupPrefix starts the name of the group that a Namespace
+// carrying zeroscaler.io/query makes of its workloads: "namespace:" and
+// the Namespace's name. No zeroscaler.io/group value can take that name,
+// since a group name has no colon.
+const NamespaceGroupPrefix = "namespace:"
 
 // Prefix is shared by every zeroscaler annotation; the cache keeps only
 // annotations with it.
@@ -51,16 +72,40 @@ type FieldError struct {
 	Annotation string
 	Value      string
 	Reason     string
+	// Namespace, if set, names the Namespace the value was inherited from.
+	Namespace string
 }
 
+// Error reads `annotation NAME: "VALUE" REASON`, the text the admission
+// policy in deploy/admission gives for the same value, followed by where
+// an inherited value came from.
 func (e *FieldError) Error() string {
-	return fmt.Sprintf("annotation %s: %q %s", e.Annotation, e.Value, e.Reason)
+	msg := fmt.Sprintf("annotation %s: %q %s", e.Annotation, e.Value, e.Reason)
+	if e.Namespace != "" {
+		msg += " (inherited from Namespace " + e.Namespace + ")"
+	}
+	return msg
 }
 
 // Parse reads a workload's annotations into its configuration. If any
 // annotation is wrong, the returned error lists every wrong one, each a
 // *FieldError.
 func Parse(annotations map[string]string, d Defaults) (handler.Config, error) {
+	return parse(annotations, nil, "", d)
+}
+
+// parse reads a workload's own annotations over those of its Namespace
+// (namespace, nsAnnotations): each annotation the workload does not set is
+// taken from the Namespace. A Namespace that carries a query makes its
+// workloads one group, unless a workload names its own.
+//
+// On error the configuration is Mode Invalid and carries only Group and
+// Excluded, when those parsed: an invalid member still belongs to its group.
+func parse(own, nsAnnotations map[string]string, namespace string, d Defaults) (handler.Config, error) {
+	annotations := own
+	if len(nsAnnotations) > 0 {
+		annotations = inherit(own, nsAnnotations)
+	}
 	cfg := handler.Config{
 		Mode:           handler.Managed,
 		CooldownPeriod: d.CooldownPeriod,
@@ -70,7 +115,45 @@ func Parse(annotations map[string]string, d Defaults) (handler.Config, error) {
 	}
 	var errs []error
 	bad := func(annotation, reason string) {
-		errs = append(errs, &FieldError{Annotation: annotation, Value: annotations[annotation], Reason: reason})
+		fe := &FieldError{Annotation: annotation, Value: annotations[annotation], Reason: reason}
+		if _, set := own[annotation]; !set {
+			fe.Namespace = namespace
+		}
+		errs = append(errs, fe)
+	}
+
+	if v, ok := annotations[AnnotationGroup]; ok {
+		g := strings.TrimSpace(v)
+		if len(validation.IsDNS1123Label(g)) > 0 {
+			bad(AnnotationGroup, groupNameReason)
+		} else {
+			cfg.Group = g
+		}
+	} else if _, ok := nsAnnotations[AnnotationQuery]; ok {
+		cfg.Group = NamespaceGroupPrefix + namespace
+	}
+
+	if v, ok := annotations[AnnotationExclude]; ok {
+		x, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			bad(AnnotationExclude, notBooleanReason)
+		}
+		cfg.Excluded = x
+	}
+
+	if v, ok := annotations[AnnotationAwakeHours]; ok {
+		h, err := schedule.Parse(v)
+		if err != nil {
+			bad(AnnotationAwakeHours, awakeHoursReason+": "+err.Error())
+		}
+		cfg.AwakeHours = h
+	}
+
+	// A group member may leave the deciding to others: with no query, it
+	// has no threshold either.
+	if _, ok := annotations[AnnotationQuery]; !ok && cfg.Group != "" {
+		parseTuning(annotations, d, &cfg, bad)
+		return done(cfg, errs)
 	}
 
 	cfg.Metadata.Query = strings.TrimSpace(annotations[AnnotationQuery])
@@ -86,6 +169,22 @@ func Parse(annotations map[string]string, d Defaults) (handler.Config, error) {
 		cfg.Metadata.Threshold = f
 	}
 
+	parseTuning(annotations, d, &cfg, bad)
+	return done(cfg, errs)
+}
+
+// done returns cfg, or, if errs holds any, an Invalid configuration that
+// keeps only what tells where the workload belongs.
+func done(cfg handler.Config, errs []error) (handler.Config, error) {
+	if len(errs) > 0 {
+		return handler.Config{Mode: handler.Invalid, Group: cfg.Group, Excluded: cfg.Excluded}, joinErrors(errs)
+	}
+	return cfg, nil
+}
+
+// parseTuning reads the optional annotations every managed workload may
+// carry, query or not.
+func parseTuning(annotations map[string]string, d Defaults, cfg *handler.Config, bad func(annotation, reason string)) {
 	if v, ok := annotations[AnnotationServerAddress]; ok {
 		addr, err := d.Allowed(v)
 		if err != nil {
@@ -136,15 +235,30 @@ func Parse(annotations map[string]string, d Defaults) (handler.Config, error) {
 	if v, ok := annotations[AnnotationPaused]; ok {
 		p, err := strconv.ParseBool(strings.TrimSpace(v))
 		if err != nil {
-			bad(AnnotationPaused, `is not a boolean ("true" or "false")`)
+			bad(AnnotationPaused, notBooleanReason)
 		}
 		cfg.Paused = p
 	}
+}
 
-	if len(errs) > 0 {
-		return handler.Config{Mode: handler.Invalid}, joinErrors(errs)
+// Reasons shared with the admission policy in deploy/admission, which
+// gives the same text for the same value.
+const (
+	notBooleanReason = `is not a boolean ("true" or "false")`
+	groupNameReason  = "is not a group name: lower-case letters, digits and '-', starting and ending with a letter or digit, at most 63 characters"
+	awakeHoursReason = `is not office hours such as "Mon-Fri 08:00-19:00 Europe/Berlin"`
+)
+
+// inherit returns own over the user annotations of a Namespace.
+func inherit(own, nsAnnotations map[string]string) map[string]string {
+	out := make(map[string]string, len(own)+len(nsAnnotations))
+	for _, k := range userAnnotations {
+		if v, ok := nsAnnotations[k]; ok {
+			out[k] = v
+		}
 	}
-	return cfg, nil
+	maps.Copy(out, own)
+	return out
 }
 
 func parsePeriod(v string) (time.Duration, error) {
