@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/zeroscaler/zeroscaler/scaler"
+	"github.com/zeroscaler/zeroscaler/schedule"
 )
 
 // The decision is a pure function: decide takes what the API shows, what the
@@ -52,6 +53,10 @@ type facts struct {
 	w Workload
 	// The answers gathered so far; nil: not asked.
 	metric, health, confirm *answer
+	// hours are the awake hours in force now, nil outside them: the
+	// workload's own (cfg.AwakeHours), or for a group member, those of the
+	// first member whose hours contain now.
+	hours *schedule.Hours
 }
 
 // memory is what a loop remembers between checks. None of it needs to
@@ -76,6 +81,10 @@ type memory struct {
 	// on. While the cache still shows it, the write is not in the cache
 	// yet, and the loop waits instead of deciding on the old object.
 	written string
+	// leftGroup names the group the workload left (its zeroscaler.io/group
+	// annotation was removed or changed) just before this loop began: if
+	// the daemon put it to sleep, it is woken once, as any workload let go.
+	leftGroup string
 }
 
 func newMemory() memory { return memory{replicas: -1} }
@@ -112,6 +121,10 @@ type action struct {
 	warn *event
 	// event is told once the write succeeded (or, with doNothing, at once).
 	event *event
+	// why is the reading or the reason behind a sleep, a wake or a clear,
+	// as the events tell it ("q = 0 < 1 for 5m0s"): a group's events quote
+	// the member whose why decided.
+	why string
 	// log is an Info line told when the action is carried out; debug a
 	// Debug line.
 	log, debug string
@@ -128,6 +141,8 @@ const (
 	wakeByError    = "error"
 	wakeByPerson   = "person"
 	wakeByReleased = "released"
+	wakeBySchedule = "schedule"
+	wakeByGroup    = "group"
 )
 
 // decide is the whole of the daemon's judgement of one workload at one
@@ -144,7 +159,14 @@ func decide(cfg Config, f facts, m memory) (action, memory) {
 	}
 	original, marked, origErr := w.OriginalReplicas()
 	if cfg.Mode != Managed {
-		return decideLetGo(cfg, w, original, marked, origErr), m
+		return decideLetGo(cfg, m, w, original, marked, origErr), m
+	}
+	if m.leftGroup != "" {
+		if marked && w.Replicas == 0 {
+			// Retried until the wake shows: only then is the memory let go.
+			return decideLetGo(cfg, m, w, original, marked, origErr), m
+		}
+		m.leftGroup = ""
 	}
 
 	if m.replicas >= 0 && w.Replicas > m.replicas {
@@ -153,6 +175,14 @@ func decide(cfg Config, f facts, m memory) (action, memory) {
 	m.replicas = w.Replicas
 
 	switch {
+	case marked && w.Replicas == 0 && f.hours != nil:
+		// Office hours: the first person in the morning does not wait for
+		// the metric to rise.
+		target := wakeTarget(cfg, original, origErr)
+		why := "awake hours " + f.hours.String()
+		m.idleSince = time.Time{}
+		return action{verb: doWake, target: target, cause: wakeBySchedule, state: StateAwake, why: why,
+			event: &event{corev1.EventTypeNormal, ReasonScheduledWake, fmt.Sprintf("scaled 0 → %d: %s", target, why)}}, m
 	case marked && w.Replicas == 0:
 		return decideAsleep(cfg, f, m, wakeTarget(cfg, original, origErr))
 	case w.Replicas == 0:
@@ -164,33 +194,50 @@ func decide(cfg Config, f facts, m memory) (action, memory) {
 		// version of the daemon stopped between two writes). It is awake;
 		// the marks go and the stretch starts again.
 		m.idleSince = time.Time{}
-		return action{verb: doClear, cause: wakeByPerson, state: StateAwake,
+		return action{verb: doClear, cause: wakeByPerson, state: StateAwake, why: scaledUpBy(w.Replicas),
 			log: fmt.Sprintf("scaled up to %d by someone else while asleep; cleared the sleep annotations", w.Replicas)}, m
 	}
 	return decideAwake(cfg, f, m)
 }
 
+func scaledUpBy(replicas int32) string { return fmt.Sprintf("scaled up to %d by someone", replicas) }
+
 // decideLetGo handles a workload the daemon no longer scales by its metric
-// (its configuration was removed or is invalid, or it left the watch): wake
-// it once if the daemon put it to sleep, clear marks left behind, then the
-// loop is done.
-func decideLetGo(cfg Config, w Workload, original int32, marked bool, origErr error) action {
+// (its configuration was removed or is invalid, it is excluded, it left the
+// watch) or that just left its group: wake it once if the daemon put it to
+// sleep, clear marks left behind, then the loop is done (unless it only
+// left its group: then its own query decides from now on).
+func decideLetGo(cfg Config, m memory, w Workload, original int32, marked bool, origErr error) action {
+	finish := cfg.Mode != Managed
 	switch {
 	case w.Replicas != 0 && marked:
-		return action{verb: doClear, finish: true, log: "cleared the sleep annotations of a workload zeroscaler no longer scales"}
+		return action{verb: doClear, finish: finish, log: "cleared the sleep annotations of a workload zeroscaler no longer scales"}
 	case w.Replicas != 0 || (!marked && cfg.WakeTo == 0):
-		return action{finish: true}
+		return action{finish: finish}
 	}
-	reason := "the zeroscaler.io/query annotation was removed"
+	reason := letGoReason(cfg, m)
+	target := wakeTarget(cfg, original, origErr)
+	a := action{verb: doWake, target: target, cause: wakeByReleased, finish: finish, why: reason,
+		event: &event{corev1.EventTypeNormal, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: woke because %s", target, reason)}}
+	if !finish {
+		a.state = StateAwake
+	}
+	return a
+}
+
+// letGoReason says why a workload is let go.
+func letGoReason(cfg Config, m memory) string {
 	switch {
 	case cfg.Mode == Invalid:
-		reason = "its scaling configuration is invalid"
+		return "its scaling configuration is invalid"
 	case cfg.OutOfScope:
-		reason = "it no longer matches the daemon's --selector"
+		return "it no longer matches the daemon's --selector"
+	case cfg.Excluded:
+		return "it is excluded (" + AnnotationPrefix + "exclude)"
+	case m.leftGroup != "":
+		return "it left group " + m.leftGroup
 	}
-	target := wakeTarget(cfg, original, origErr)
-	return action{verb: doWake, target: target, cause: wakeByReleased, finish: true,
-		event: &event{corev1.EventTypeNormal, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: woke because %s", target, reason)}}
+	return "the zeroscaler.io/query annotation was removed"
 }
 
 func decideAsleep(cfg Config, f facts, m memory, target int32) (action, memory) {
@@ -211,10 +258,12 @@ func decideAsleep(cfg Config, f facts, m memory, target int32) (action, memory) 
 			a.warn = nil
 		}
 		a.verb, a.target, a.cause, a.state = doWake, target, wakeByError, StateAwake
-		a.event = &event{corev1.EventTypeWarning, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because the metric could not be read: %v", target, err)}
+		a.why = unreadable(err)
+		a.event = &event{corev1.EventTypeWarning, ReasonWokeOnError, fmt.Sprintf("scaled 0 → %d because %s", target, a.why)}
 	case !f.metric.yes:
 		a.verb, a.target, a.cause, a.state = doWake, target, wakeByMetric, StateAwake
-		a.event = &event{corev1.EventTypeNormal, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: %s", target, f.metric.reading)}
+		a.why = f.metric.reading.String()
+		a.event = &event{corev1.EventTypeNormal, ReasonScaledFromZero, fmt.Sprintf("scaled 0 → %d: %s", target, a.why)}
 	default:
 		a.debug = "asleep and still idle"
 	}
@@ -244,6 +293,11 @@ func decideAwake(cfg Config, f facts, m memory) (action, memory) {
 	idleFor := f.now.Sub(m.idleSince)
 	if idleFor < cfg.CooldownPeriod {
 		a.debug = "idle, cooling down"
+		return a, m
+	}
+	if f.hours != nil {
+		// The stretch goes on; when the hours end, the metric decides.
+		a.debug = "idle for the cooldown period, but inside its awake hours"
 		return a, m
 	}
 	if f.health == nil {
@@ -284,10 +338,13 @@ func decideAwake(cfg Config, f facts, m memory) (action, memory) {
 	}
 	m.unhealthy = false
 	a.verb, a.state = doSleep, StateAsleep
-	a.event = &event{corev1.EventTypeNormal, ReasonScaledToZero,
-		fmt.Sprintf("scaled %d → 0: %s for %s", f.w.Replicas, f.metric.reading, idleFor.Round(time.Second))}
+	a.why = fmt.Sprintf("%s for %s", f.metric.reading, idleFor.Round(time.Second))
+	a.event = &event{corev1.EventTypeNormal, ReasonScaledToZero, fmt.Sprintf("scaled %d → 0: %s", f.w.Replicas, a.why)}
 	return a, m
 }
+
+// unreadable says that a metric could not be read, and why.
+func unreadable(err error) string { return fmt.Sprintf("the metric could not be read: %v", err) }
 
 // tellProblem tells a query problem once when it starts (a Warning) and once
 // when it ends (a log line), and returns the problem to remember.

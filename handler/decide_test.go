@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/zeroscaler/zeroscaler/scaler"
+	"github.com/zeroscaler/zeroscaler/schedule"
 )
 
 // noStretch, as an idle stretch's length, means there is none.
@@ -31,6 +32,7 @@ func TestDecide(t *testing.T) {
 		failed    = &answer{err: errors.New("health query: connection refused")}
 		burst     = &answer{yes: false, reading: scaler.Reading{Query: "max_over_time((q)[30s:1s])", Value: 3, Threshold: 1}}
 		noConfirm = &answer{err: fmt.Errorf("scalar query: %w", scaler.ErrCannotConfirm)}
+		office    = mustHours(t, "Mon-Fri 08:00-19:00 UTC")
 	)
 	tests := []struct {
 		name     string
@@ -44,6 +46,9 @@ func TestDecide(t *testing.T) {
 		lastReplicas int32
 		problem      string
 		written      string
+		leftGroup    string
+		// hours are the awake hours in force at the check (nil: outside).
+		hours *schedule.Hours
 
 		metric, health, confirm *answer
 
@@ -149,6 +154,34 @@ func TestDecide(t *testing.T) {
 		{name: "6: released at a person's zero: left alone", cfg: func(c *Config) { c.Mode = Released },
 			wantFinish: true, wantStretch: noStretch},
 
+		// Office hours (issue 11): inside them a workload never sleeps, and
+		// one asleep is woken without asking the metric.
+		{name: "11: asleep when the awake hours begin: woken to the original count", original: "3", hours: office,
+			wantVerb: doWake, wantTarget: 3, wantCause: wakeBySchedule, wantState: StateAwake,
+			wantEvent: "ScheduledWake scaled 0 → 3: awake hours Mon-Fri 08:00-19:00 UTC", wantStretch: noStretch},
+		{name: "11: idle for the cooldown inside the awake hours: stays awake, the stretch goes on", replicas: 3, stretch: cooldown + time.Hour, hours: office,
+			metric: idleAt, wantAsked: []question{askMetric}, wantState: StateIdle, wantStretch: cooldown + time.Hour},
+		{name: "11: active inside the awake hours", replicas: 3, stretch: cooldown, hours: office,
+			metric: activeAt, wantAsked: []question{askMetric}, wantState: StateAwake, wantStretch: noStretch},
+		{name: "11: at a person's zero inside the awake hours: still theirs", hours: office,
+			wantState: StateAwake, wantStretch: noStretch},
+		{name: "11: scaled up by someone inside the awake hours: marks cleared", replicas: 2, lastReplicas: -1, original: "3", hours: office,
+			wantVerb: doClear, wantCause: wakeByPerson, wantState: StateAwake, wantStretch: noStretch},
+
+		// Leaving a group (issue 11): woken once if asleep, then its own
+		// query decides; an excluded workload is let go like a released one.
+		{name: "11: left its group while asleep: woken, not finished", original: "2", leftGroup: "shop",
+			wantVerb: doWake, wantTarget: 2, wantCause: wakeByReleased, wantState: StateAwake,
+			wantEvent: "ScaledFromZero scaled 0 → 2: woke because it left group shop", wantStretch: noStretch},
+		{name: "11: left its group while running: its own query decides", replicas: 3, stretch: noStretch, leftGroup: "shop",
+			metric: idleAt, wantAsked: []question{askMetric}, wantState: StateIdle, wantStretch: 0},
+		{name: "11: left its group and released while asleep", original: "2", leftGroup: "shop", cfg: func(c *Config) { c.Mode = Released },
+			wantVerb: doWake, wantTarget: 2, wantCause: wakeByReleased, wantFinish: true,
+			wantEvent: "ScaledFromZero scaled 0 → 2: woke because it left group shop", wantStretch: noStretch},
+		{name: "11: excluded while asleep: woken once", original: "2", cfg: func(c *Config) { c.Mode, c.Excluded = Released, true },
+			wantVerb: doWake, wantTarget: 2, wantCause: wakeByReleased, wantFinish: true,
+			wantEvent: "ScaledFromZero scaled 0 → 2: woke because it is excluded (zeroscaler.io/exclude)", wantStretch: noStretch},
+
 		// 7. Bad input: a sleeping workload with an invalid configuration is woken.
 		{name: "7: invalid while asleep: woken", original: "3", cfg: func(c *Config) { c.Mode = Invalid },
 			wantVerb: doWake, wantTarget: 3, wantCause: wakeByReleased, wantFinish: true,
@@ -165,8 +198,9 @@ func TestDecide(t *testing.T) {
 				w.Annotations = map[string]string{AnnotationOriginalReplicas: tc.original, AnnotationScaledToZeroAt: "2026-01-01T00:00:00Z"}
 			}
 			m := rowMemory(tc.stretch, tc.replicas, tc.lastReplicas, tc.problem, tc.written, now)
+			m.leftGroup = tc.leftGroup
 			answers := map[question]*answer{askMetric: tc.metric, askWake: tc.metric, askHealth: tc.health, askConfirm: tc.confirm}
-			f := facts{now: now, w: w}
+			f := facts{now: now, w: w, hours: tc.hours}
 			var asked []question
 			var a action
 			for {
@@ -193,6 +227,7 @@ func TestDecide(t *testing.T) {
 				// decide is pure: the memory it returned with an ask is not
 				// kept; it starts again from the loop's.
 				m = rowMemory(tc.stretch, tc.replicas, tc.lastReplicas, tc.problem, tc.written, now)
+				m.leftGroup = tc.leftGroup
 			}
 			if !slices.Equal(asked, tc.wantAsked) {
 				t.Errorf("asked %v, want %v", asked, tc.wantAsked)
@@ -227,8 +262,20 @@ func TestDecide(t *testing.T) {
 			if gotStretch != tc.wantStretch {
 				t.Errorf("idle stretch after = %v, want %v", gotStretch, tc.wantStretch)
 			}
+			if tc.leftGroup != "" && (m.leftGroup == "") != (tc.replicas > 0) {
+				t.Errorf("left group remembered after = %q with %d replicas: want it kept until the wake shows, and only then", m.leftGroup, tc.replicas)
+			}
 		})
 	}
+}
+
+func mustHours(t *testing.T, s string) *schedule.Hours {
+	t.Helper()
+	h, err := schedule.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
 }
 
 // rowMemory rebuilds a TestDecide row's memory.

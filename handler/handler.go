@@ -1,6 +1,7 @@
-// Package handler runs one loop per annotated workload: it gathers what the
-// API and the scaler say, decides (decide.go), and writes replicas and sleep
-// marks together in one patch of the workload (writes.go).
+// Package handler runs one loop per annotated workload, or per group of
+// workloads that sleep and wake together: it gathers what the API and the
+// scaler say, decides (decide.go, group.go), and writes replicas and sleep
+// marks together in one patch of each workload (writes.go).
 package handler
 
 import (
@@ -100,8 +101,15 @@ type ScaleHandler struct {
 	writeDeadline func() time.Time
 	limiter       flowcontrol.RateLimiter
 
-	mu        sync.Mutex
-	wanted    map[string]Config
+	mu     sync.Mutex
+	wanted map[string]Config
+	// groups holds the members of each group, by group key (groupKey).
+	groups map[string]*groupEntry
+	// left holds, per workload key, the group a workload just left; its
+	// next lone loop wakes it if the daemon put it to sleep.
+	left map[string]string
+	// loops holds the running loops: a lone workload's by its key, a
+	// group's by groupLoopKey.
 	loops     map[string]*running
 	nSlots    int
 	slots     chan struct{}   // one per check running; see checkAside
@@ -149,12 +157,16 @@ func New(o Options) *ScaleHandler {
 		limiter:        o.WriteLimiter,
 		nSlots:         o.CheckSlots,
 		wanted:         map[string]Config{},
+		groups:         map[string]*groupEntry{},
+		left:           map[string]string{},
 		loops:          map[string]*running{},
 	}
 }
 
-// Sync records a workload's configuration. Its loop is (re)started only if
-// the configuration differs from the one it runs.
+// Sync records a workload's configuration. A lone workload's loop is
+// (re)started only if the configuration differs from the one it runs; a
+// group member's configuration is handed to its group's loop, which takes
+// it up at its next check.
 func (h *ScaleHandler) Sync(cfg Config) {
 	if h.watchNamespace != "" && cfg.Namespace != h.watchNamespace {
 		// The informers are scoped already; this keeps a wiring mistake
@@ -165,10 +177,22 @@ func (h *ScaleHandler) Sync(cfg Config) {
 	key := cfg.Key()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if old, ok := h.wanted[key]; ok && old.Equal(cfg) {
+	old, had := h.wanted[key]
+	if had && old.Equal(cfg) {
 		return
 	}
 	h.wanted[key] = cfg
+	from, to := groupKey(old), groupKey(cfg)
+	if from != "" && from != to {
+		h.leaveGroupLocked(from, key)
+		h.left[key] = old.Group
+	}
+	if to != "" {
+		delete(h.left, key)
+		h.stopLocked(key) // its lone loop, if it had one
+		h.joinGroupLocked(to, cfg)
+		return
+	}
 	if h.runCtx != nil {
 		h.stopLocked(key)
 		h.startLocked(cfg)
@@ -180,7 +204,11 @@ func (h *ScaleHandler) Forget(ref Ref) {
 	key := ref.Key()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if gk := groupKey(h.wanted[key]); gk != "" {
+		h.leaveGroupLocked(gk, key)
+	}
 	delete(h.wanted, key)
+	delete(h.left, key)
 	h.stopLocked(key)
 	if h.runCtx == nil {
 		h.scaleLocks.Delete(key) // no loop runs: nothing holds it
@@ -195,7 +223,12 @@ func (h *ScaleHandler) Run(ctx context.Context) {
 	h.slots = make(chan struct{}, h.nSlots)
 	h.work = make(chan func())
 	for _, cfg := range h.wanted {
-		h.startLocked(cfg)
+		if groupKey(cfg) == "" {
+			h.startLocked(cfg)
+		}
+	}
+	for gk := range h.groups {
+		h.startGroupLocked(gk)
 	}
 	h.mu.Unlock()
 
@@ -237,7 +270,8 @@ func (h *ScaleHandler) worker(work chan func(), job func()) {
 	}
 }
 
-// Running returns how many loops run now.
+// Running returns how many loops run now: one per lone workload and one per
+// group.
 func (h *ScaleHandler) Running() int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -257,7 +291,11 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 	// the metrics' label lookups) happens here, on the caller's goroutine:
 	// the loop's own goroutine only waits on its timer, so its stack stays
 	// at the minimum for good, thousands of times over.
-	st := h.newLoopState(cfg)
+	st := h.newLoopState(cfg, nil)
+	if g, ok := h.left[key]; ok {
+		st.mem.leftGroup = g
+		delete(h.left, key)
+	}
 	go func() {
 		defer h.loopEnded(key, r, cfg)
 		h.loop(ctx, st)

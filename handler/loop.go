@@ -8,6 +8,8 @@ import (
 
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/zeroscaler/zeroscaler/schedule"
 )
 
 // Event reasons.
@@ -17,6 +19,7 @@ const (
 	ReasonWokeOnError          = "WokeOnError"
 	ReasonInvalidScalingConfig = "InvalidScalingConfig"
 	ReasonMetricUnavailable    = "MetricUnavailable"
+	ReasonScheduledWake        = "ScheduledWake"
 )
 
 // Workload states, as counted by the workloads metric.
@@ -32,8 +35,9 @@ const (
 // whose first wake failed.
 const retryPeriod = 30 * time.Second
 
-// loopState is one loop: its configuration, its scaler and what it
-// remembers between checks (see memory).
+// loopState is one workload under a loop: its configuration, its scaler
+// and what it remembers between checks (see memory). A lone workload has a
+// loop of its own; the members of a group share their group's (group.go).
 type loopState struct {
 	cfg     Config
 	decider Decider
@@ -46,14 +50,8 @@ type loopState struct {
 	// same workload (see ScaleHandler.scaleLocks).
 	mu *sync.Mutex
 
-	// next is the loop's next check; period spaces its checks.
-	next   time.Time
-	period time.Duration
-
-	// slots are the handler's check slots; slot is set while this loop's
-	// check holds one (see checkAside). work is the handler's idle workers.
-	slots, slot chan struct{}
-	work        chan func()
+	// pace is the loop's timing: the workload's own, or its group's.
+	*pace
 
 	mem memory
 
@@ -90,34 +88,93 @@ func (v *dryView) apply(w Workload) (Workload, bool) {
 	return out, true
 }
 
-// newLoopState prepares a loop: its scaler, its first check and the state
-// it is counted in until that check.
-func (h *ScaleHandler) newLoopState(cfg Config) *loopState {
+// pace is when a loop checks: on a grid of its period, and also at the
+// moment office hours begin.
+type pace struct {
+	// next is the loop's next check on its grid; period spaces them.
+	next   time.Time
+	period time.Duration
+	// hours are the office hours of the loop's workloads; hoursAt is the
+	// next moment one of them begins (zero: none). A check is due then too,
+	// so that a sleeping workload wakes at the start of its hours, not up
+	// to a polling period later.
+	hours   []*schedule.Hours
+	hoursAt time.Time
+
+	// slots are the handler's check slots; slot is set while this loop's
+	// check holds one (see checkAside). work is the handler's idle workers.
+	slots, slot chan struct{}
+	work        chan func()
+}
+
+// due is the moment of the next check.
+func (p *pace) due() time.Time {
+	if !p.hoursAt.IsZero() && p.hoursAt.Before(p.next) {
+		return p.hoursAt
+	}
+	return p.next
+}
+
+// advance moves the pace past a check made at now.
+func (p *pace) advance(now time.Time) {
+	for !p.next.After(now) {
+		p.next = p.next.Add(p.period)
+	}
+	if len(p.hours) > 0 && !p.hoursAt.After(now) {
+		p.hoursAt = nextStart(p.hours, now)
+	}
+}
+
+// nextStart is the first moment after now at which any of hours begins;
+// zero if none ever does.
+func nextStart(hours []*schedule.Hours, now time.Time) time.Time {
+	var first time.Time
+	for _, h := range hours {
+		if t := h.NextStart(now); !t.IsZero() && (first.IsZero() || t.Before(first)) {
+			first = t
+		}
+	}
+	return first
+}
+
+// newLoopState prepares a workload's loop: its scaler, its first check and
+// the state it is counted in until that check. A group member (shared is
+// its group's pace) gets a scaler only if it has a query of its own.
+func (h *ScaleHandler) newLoopState(cfg Config, shared *pace) *loopState {
 	st := &loopState{
 		cfg: cfg,
 		// Lazy: the fields are encoded on the first line logged, not for
 		// every one of thousands of quiet loops.
-		log:   h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
-		mem:   newMemory(),
-		mu:    h.lock(cfg.Key()),
-		slots: h.slots,
-		work:  h.work,
-		// Invalid and released workloads need at most one wake: do it
-		// now, and retry a failed one at retryPeriod (their configuration
-		// has no polling period).
-		next:   h.clock.Now(),
-		period: retryPeriod,
+		log:  h.logger.WithLazy(zap.String("kind", cfg.Kind), zap.String("namespace", cfg.Namespace), zap.String("name", cfg.Name)),
+		mem:  newMemory(),
+		mu:   h.lock(cfg.Key()),
+		pace: shared,
 	}
-	if cfg.Mode == Managed && !cfg.Paused {
+	if shared == nil {
+		// Invalid and released workloads need at most one wake: do it now,
+		// and retry a failed one at retryPeriod (their configuration has no
+		// polling period).
+		st.pace = &pace{next: h.clock.Now(), period: retryPeriod, slots: h.slots, work: h.work}
+	} else {
+		st.log = st.log.With(zap.String("group", cfg.Group))
+	}
+	if cfg.Mode == Managed && !cfg.Paused && (shared == nil || cfg.Metadata.Query != "") {
 		d, err := h.newDecider(cfg)
-		if err != nil {
+		switch {
+		case err != nil:
 			// The informer checks what it can; this is what it cannot.
 			// Treat it as any invalid configuration: a sleeping workload
 			// is woken.
 			st.cfg.Mode, st.cfg.Err = Invalid, err
-		} else {
+		case shared != nil:
+			st.decider = d
+		default:
 			st.decider = d
 			st.next, st.period = firstCheck(st.next, cfg.PollingPeriod, d.QuestionHash()), cfg.PollingPeriod
+			if cfg.AwakeHours != nil {
+				st.hours = []*schedule.Hours{cfg.AwakeHours}
+				st.hoursAt = nextStart(st.hours, h.clock.Now())
+			}
 		}
 	}
 	switch {
@@ -160,8 +217,9 @@ func (h *ScaleHandler) loop(ctx context.Context, st *loopState) {
 		<-ctx.Done() // keep counting it as paused while it is
 		return
 	}
-	for h.wait(ctx, st) {
-		if done := h.checkAside(ctx, st); done {
+	check := func(ctx context.Context) bool { return h.check(ctx, st) }
+	for h.wait(ctx, st.pace) {
+		if done := h.checkAside(ctx, st.pace, check); done {
 			if st.cfg.Mode == Invalid {
 				<-ctx.Done() // keep counting it as invalid until it is fixed
 			}
@@ -172,8 +230,8 @@ func (h *ScaleHandler) loop(ctx context.Context, st *loopState) {
 
 // wait waits until the loop's next check is due. It returns false if ctx
 // ended first.
-func (h *ScaleHandler) wait(ctx context.Context, st *loopState) bool {
-	timer := h.clock.NewTimer(st.next.Sub(h.clock.Now()))
+func (h *ScaleHandler) wait(ctx context.Context, p *pace) bool {
+	timer := h.clock.NewTimer(p.due().Sub(h.clock.Now()))
 	select {
 	case <-ctx.Done():
 		timer.Stop()
@@ -196,22 +254,20 @@ func (h *ScaleHandler) endLoop(st *loopState) {
 // is free, and waits for it. The loop's goroutine never goes deeper than
 // this, and a herd of due checks queues for slots instead of all querying at
 // once.
-func (h *ScaleHandler) checkAside(ctx context.Context, st *loopState) bool {
+func (h *ScaleHandler) checkAside(ctx context.Context, p *pace, check func(context.Context) bool) bool {
 	select {
-	case st.slots <- struct{}{}:
+	case p.slots <- struct{}{}:
 	case <-ctx.Done():
 		return true
 	}
-	st.slot = st.slots
+	p.slot = p.slots
 	done := make(chan bool, 1)
-	h.dispatch(st.work, func() {
+	h.dispatch(p.work, func() {
 		now := h.clock.Now()
-		h.metrics.loopLag.Observe(now.Sub(st.next).Seconds())
-		d := h.check(ctx, st)
-		for !st.next.After(now) {
-			st.next = st.next.Add(st.period)
-		}
-		st.yieldSlot()
+		h.metrics.loopLag.Observe(now.Sub(p.due()).Seconds())
+		d := check(ctx)
+		p.advance(now)
+		p.yieldSlot()
 		done <- d
 	})
 	return <-done
@@ -220,10 +276,10 @@ func (h *ScaleHandler) checkAside(ctx context.Context, st *loopState) bool {
 // yieldSlot gives the check's slot back, if it still holds it. It is called
 // before a write: writes wait on the API server, not on Prometheus, and the
 // next workload's check should not wait for them.
-func (st *loopState) yieldSlot() {
-	if st.slot != nil {
-		<-st.slot
-		st.slot = nil
+func (p *pace) yieldSlot() {
+	if p.slot != nil {
+		<-p.slot
+		p.slot = nil
 	}
 }
 
@@ -247,18 +303,37 @@ func (h *ScaleHandler) check(ctx context.Context, st *loopState) (done bool) {
 	if !ok {
 		return true // deleted; the informer tells us to forget it
 	}
-	f := facts{now: h.clock.Now(), w: w}
-	var pretend bool
-	if f.w, pretend = st.dry.apply(w); !pretend {
+	f := facts{now: h.clock.Now(), w: st.view(w)}
+	if hours := st.cfg.AwakeHours; hours != nil && hours.Contains(f.now) {
+		f.hours = hours
+	}
+	f, a, m, ok := h.judge(ctx, st, f)
+	if !ok {
+		return false // the loop is stopping: a cancelled query is not a reading
+	}
+	return h.act(ctx, st, f, a, m)
+}
+
+// view is the workload as the loop judges it: as read, or under --dry-run
+// as it would be had the loop written.
+func (st *loopState) view(w Workload) Workload {
+	v, pretend := st.dry.apply(w)
+	if !pretend {
 		st.dry = nil
 	}
+	return v
+}
+
+// judge runs decide until it asks nothing more, gathering the answers it
+// asks for. ok is false if ctx ended meanwhile.
+func (h *ScaleHandler) judge(ctx context.Context, st *loopState, f facts) (facts, action, memory, bool) {
 	for {
 		a, m := decide(st.cfg, f, st.mem)
 		if a.verb != doAsk {
-			return h.act(ctx, st, f, a, m)
+			return f, a, m, true
 		}
 		if !h.ask(ctx, st, &f, a.ask) {
-			return false // the loop is stopping: a cancelled query is not a reading
+			return f, a, m, false
 		}
 	}
 }

@@ -51,7 +51,7 @@ func (hs *harness) wakes(cause string) float64 {
 // causes expected, every other cause must be 0.
 func (hs *harness) wantWakes(when string, want map[string]float64) {
 	hs.t.Helper()
-	for _, cause := range []string{wakeByMetric, wakeByError, wakeByPerson, wakeByReleased} {
+	for _, cause := range []string{wakeByMetric, wakeByError, wakeByPerson, wakeByReleased, wakeBySchedule, wakeByGroup} {
 		if got := hs.wakes(cause); got != want[cause] {
 			hs.t.Errorf("%s: zeroscaler_wakes_total{cause=%q} = %v, want %v", when, cause, got, want[cause])
 		}

@@ -9,6 +9,7 @@ import (
 // Metrics are what the daemon tells about itself on /metrics.
 type Metrics struct {
 	loops     prometheus.Gauge
+	groups    prometheus.Gauge
 	workloads *prometheus.GaugeVec
 	scaleOps  *prometheus.CounterVec
 	apiWrites prometheus.Counter
@@ -33,11 +34,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		loops: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "zeroscaler_loops",
-			Help: "Workload loops running; each makes its first check at its own moment within its polling interval.",
+			Help: "Loops running, one per workload and one per group; each makes its first check at its own moment within its polling interval.",
+		}),
+		groups: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "zeroscaler_groups",
+			Help: "Groups with a running loop: workloads that sleep and wake together (zeroscaler.io/group, or an annotated Namespace).",
 		}),
 		workloads: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "zeroscaler_workloads",
-			Help: "Workloads with a running loop, by state: awake, idle (cooling down), asleep, paused, invalid.",
+			Help: "Workloads with a running loop (of their own or their group's), by state: awake, idle (cooling down), asleep, paused, invalid.",
 		}, []string{"state"}),
 		scaleOps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zeroscaler_scale_operations_total",
@@ -71,7 +76,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		wakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "zeroscaler_wakes_total",
-			Help: "Workloads woken, by cause: metric (the query rose to its threshold), error (the metric could not be read), person (someone scaled it up), released (its configuration was removed or became invalid, or it left the watch).",
+			Help: "Workloads woken, by cause: metric (the query rose to its threshold), error (the metric could not be read), person (someone scaled it up), released (its configuration was removed or became invalid, it was excluded, it left its group or the watch), schedule (its awake hours began), group (another member of its group woke it).",
 		}, []string{"cause"}),
 		metricUnavailable: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "zeroscaler_metric_unavailable",
@@ -83,7 +88,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.loops, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.replicasAsleep, m.sleeps, m.wakes, m.metricUnavailable, m.Leader)
+		reg.MustRegister(m.loops, m.groups, m.workloads, m.scaleOps, m.apiWrites, m.queries, m.latency, m.loopLag, m.replicasAsleep, m.sleeps, m.wakes, m.metricUnavailable, m.Leader)
 	}
 	m.initLabels()
 	return m
