@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -16,7 +17,12 @@ import (
 const (
 	herdPolling  = 2 * time.Second
 	herdCooldown = 10 * time.Second
+	// herdTimeout bounds a herd of sleeps, from the drop.
+	herdTimeout = 2 * time.Minute
 )
+
+// never is the latency of a workload not at 0 within herdTimeout.
+const never = time.Duration(math.MaxInt64)
 
 // herdResult is one daemon run of herd repetitions.
 type herdResult struct {
@@ -47,8 +53,12 @@ type herdRep struct {
 	// (the check that decided); Written from there to the watch event.
 	FirstIdle, Confirmed, Written []time.Duration
 	// Early counts workloads at 0 less than the cooldown after the drop;
-	// Unconfirmed those at 0 with no confirmation query before.
-	Early, Unconfirmed int
+	// Unconfirmed those at 0 with no confirmation query before; Stuck those
+	// not at 0 within herdTimeout (their latencies are never).
+	Early, Unconfirmed, Stuck int
+	// Asleep is how many were at 0 each second after the drop, until all
+	// were.
+	Asleep []int
 
 	Sleep phaseCounts
 
@@ -64,6 +74,9 @@ type phaseCounts struct {
 	// DaemonWrites is zeroscaler_api_writes_total; ServerWrites the API
 	// server's writes on deployments.
 	DaemonWrites, ServerWrites float64
+	// PatchMean is the API server's mean time answering a PATCH on
+	// deployments (apiserver_request_duration_seconds); 0 if none.
+	PatchMean time.Duration
 	// Confirms and Health are the stand-in's confirmation and health
 	// requests; Bad those it could not answer.
 	Confirms, Health, Bad int64
@@ -130,11 +143,17 @@ func (b *bench) runHerd(ctx context.Context, d *daemon, w *watcher, s set, reps 
 			return fmt.Errorf("repetition %d: %w", r+1, err)
 		}
 		res.Reps = append(res.Reps, rep)
-		b.logf("  herd %d/%d (load %.1f → %.1f, machine busy %.0f %%): from the end of the cooldown to 0 p50 %s p99 %s max %s; from the drop p50 %s p99 %s, last %s; early %d, unconfirmed %d; sleeps failed %.0f, writes %.0f (API server %.0f), confirmations %d; log errors %d warns %d stack traces %d; wake p50 %s p99 %s, last %s, failed %.0f",
+		if rep.Stuck > 0 {
+			b.logf("  herd %d/%d (load %.1f → %.1f): %d of %d not at 0 %s after the drop (at 0 after 15 s %d, 30 s %d, 60 s %d); sleeps failed %.0f, writes %.0f (API server %.0f, mean PATCH %s); log errors %d warns %d stack traces %d; no wake, no further repetition",
+				r+1, reps, rep.LoadAtDrop, rep.LoadAtEnd, rep.Stuck, s.N, herdTimeout, rep.asleepAt(15), rep.asleepAt(30), rep.asleepAt(60),
+				rep.Sleep.failed(), rep.Sleep.DaemonWrites, rep.Sleep.ServerWrites, secs(rep.Sleep.PatchMean), rep.Sleep.LogErrors, rep.Sleep.LogWarns, rep.Sleep.LogStacks)
+			break
+		}
+		b.logf("  herd %d/%d (load %.1f → %.1f, machine busy %.0f %%): from the end of the cooldown to 0 p50 %s p99 %s max %s; from the drop p50 %s p99 %s, last %s; early %d, unconfirmed %d; sleeps failed %.0f, writes %.0f (API server %.0f, mean PATCH %s), confirmations %d; log errors %d warns %d stack traces %d; wake p50 %s p99 %s, last %s, failed %.0f",
 			r+1, reps, rep.LoadAtDrop, rep.LoadAtEnd, 100*rep.Busy,
 			secs(pct(rep.FromEnd, 50)), secs(pct(rep.FromEnd, 99)), secs(pct(rep.FromEnd, 100)),
 			secs(pct(rep.FromDrop, 50)), secs(pct(rep.FromDrop, 99)), secs(rep.All), rep.Early, rep.Unconfirmed,
-			rep.Sleep.failed(), rep.Sleep.DaemonWrites, rep.Sleep.ServerWrites, rep.Sleep.Confirms,
+			rep.Sleep.failed(), rep.Sleep.DaemonWrites, rep.Sleep.ServerWrites, secs(rep.Sleep.PatchMean), rep.Sleep.Confirms,
 			rep.Sleep.LogErrors, rep.Sleep.LogWarns, rep.Sleep.LogStacks,
 			secs(pct(rep.Wake.Latency, 50)), secs(pct(rep.Wake.Latency, 99)), secs(rep.Wake.All), rep.WakeCount.failed())
 	}
@@ -149,14 +168,19 @@ func (b *bench) herdRep(ctx context.Context, d *daemon, w *watcher, s set) (*her
 		return nil, err
 	}
 	drop := b.standin.setAll(idleValue)
-	if err := waitFor(ctx, d, 2*time.Minute, "all asleep", allAsleep); err != nil {
+	if rep.Asleep, err = followHerd(ctx, d, drop, func() int { a, _ := w.count(); return a }, s.N); err != nil {
 		return nil, err
 	}
 	rep.All = time.Since(drop)
+	if !allAsleep() {
+		rep.All = never
+	}
 	for i := range s.N {
 		slept, ok := w.slept(s.key(i))
 		if !ok || !slept.After(drop) {
-			return nil, fmt.Errorf("no sleep seen for %s", s.key(i))
+			rep.Stuck++
+			rep.FromEnd, rep.FromDrop = append(rep.FromEnd, never), append(rep.FromDrop, never)
+			continue
 		}
 		idle, ok := b.standin.idle(s.query(i))
 		if !ok {
@@ -186,6 +210,11 @@ func (b *bench) herdRep(ctx context.Context, d *daemon, w *watcher, s set) (*her
 		return nil, err
 	}
 	rep.Sleep = mid.since(before, "down")
+	if rep.Stuck > 0 {
+		rep.Busy = busyShare(before.cpu, mid.cpu)
+		rep.LoadAtEnd = loadAverage()
+		return rep, nil
+	}
 
 	if rep.Wake, err = b.herdWake(ctx, d, w, s); err != nil {
 		return nil, err
@@ -205,12 +234,47 @@ func (b *bench) herdRep(ctx context.Context, d *daemon, w *watcher, s set) (*her
 	return rep, nil
 }
 
+// followHerd waits until asleep() reaches n or herdTimeout has passed
+// since the drop, and returns asleep() at each whole second after it.
+func followHerd(ctx context.Context, d *daemon, drop time.Time, asleep func() int, n int) ([]int, error) {
+	var counts []int
+	for {
+		if err := d.alive(); err != nil {
+			return counts, err
+		}
+		a := asleep()
+		for time.Duration(len(counts)+1)*time.Second <= time.Since(drop) {
+			counts = append(counts, a)
+		}
+		if a == n || time.Since(drop) >= herdTimeout {
+			return counts, nil
+		}
+		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+			return counts, err
+		}
+	}
+}
+
+// asleepAt is how many were at 0 sec seconds after the drop.
+func (rep *herdRep) asleepAt(sec int) int {
+	switch {
+	case sec <= 0 || len(rep.Asleep) == 0:
+		return 0
+	case sec > len(rep.Asleep) && rep.Stuck == 0:
+		return len(rep.FromEnd) // all were by then
+	}
+	return rep.Asleep[min(sec, len(rep.Asleep))-1]
+}
+
 // herdSnap is what the herd counts at one moment.
 type herdSnap struct {
 	snapshot
-	ops    map[string]float64 // direction/result → scale operations
-	logLen int                // bytes of daemon output so far
-	log    string
+	ops map[string]float64 // direction/result → scale operations
+	// patchSecs and patches are the API server's time answering PATCH on
+	// deployments, and their count.
+	patchSecs, patches float64
+	logLen             int // bytes of daemon output so far
+	log                string
 }
 
 func (b *bench) herdSnapshot(ctx context.Context, d *daemon) (herdSnap, error) {
@@ -223,6 +287,9 @@ func (b *bench) herdSnapshot(ctx context.Context, d *daemon) (herdSnap, error) {
 		return herdSnap{}, err
 	}
 	h := herdSnap{snapshot: snap, ops: map[string]float64{}, log: d.Output()}
+	if h.patchSecs, h.patches, err = apiserverPatchTime(ctx, b.cs); err != nil {
+		return herdSnap{}, err
+	}
 	h.logLen = len(h.log)
 	for _, dir := range []string{"down", "up"} {
 		for _, result := range []string{"ok", "conflict", "error"} {
@@ -244,6 +311,9 @@ func (h herdSnap) since(a herdSnap, direction string) phaseCounts {
 		Confirms:     h.standin.confirm - a.standin.confirm,
 		Health:       h.standin.health - a.standin.health,
 		Bad:          h.standin.bad - a.standin.bad,
+	}
+	if n := h.patches - a.patches; n > 0 {
+		p.PatchMean = time.Duration((h.patchSecs - a.patchSecs) / n * float64(time.Second))
 	}
 	for _, result := range []string{"ok", "conflict", "error"} {
 		k := direction + "/" + result

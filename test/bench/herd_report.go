@@ -33,10 +33,18 @@ func (r *herdResult) durRow(figure string, f func(*herdRep) time.Duration) herdR
 	for _, rep := range r.Reps {
 		d := f(rep)
 		ds = append(ds, d.Seconds())
-		row.each = append(row.each, secs(d))
+		row.each = append(row.each, herdSecs(d))
 	}
-	row.median = secs(time.Duration(median(ds) * float64(time.Second)))
+	row.median = herdSecs(r.medianOf(f))
 	return row
+}
+
+// herdSecs is secs, or says the workloads were not all there in time.
+func herdSecs(d time.Duration) string {
+	if d >= never {
+		return fmt.Sprintf("> %.0f s", herdTimeout.Seconds())
+	}
+	return secs(d)
 }
 
 // countRow is a row of a count per repetition; ideal is per repetition.
@@ -87,6 +95,7 @@ func (r *herdResult) sleepRows() []herdRow {
 	early := r.countRow("At 0 sooner than the cooldown after the drop", 0, func(rep *herdRep) float64 { return float64(rep.Early) })
 	failed := func(rep *herdRep) float64 { return rep.Sleep.failed() }
 	unconfirmed := func(rep *herdRep) float64 { return float64(rep.Unconfirmed) }
+	stuck := func(rep *herdRep) float64 { return float64(rep.Stuck) }
 	logErrs := func(rep *herdRep) float64 { return float64(rep.Sleep.LogErrors) }
 	stacks := func(rep *herdRep) float64 { return float64(rep.Sleep.LogStacks) }
 	bad := func(rep *herdRep) float64 { return float64(rep.Sleep.Bad) }
@@ -100,6 +109,10 @@ func (r *herdResult) sleepRows() []herdRow {
 		r.durRow(fmt.Sprintf("All %s at 0, after the drop", thousands(r.N)), func(rep *herdRep) time.Duration { return rep.All }),
 		r.zero(early, func(rep *herdRep) float64 { return float64(rep.Early) }),
 		r.zero(r.countRow("At 0 with no confirmation query before", 0, unconfirmed), unconfirmed),
+		r.zero(r.countRow(fmt.Sprintf("Not at 0 %.0f s after the drop", herdTimeout.Seconds()), 0, stuck), stuck),
+		r.countRow("At 0 15 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(15)) }),
+		r.countRow("At 0 30 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(30)) }),
+		r.countRow("At 0 60 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(60)) }),
 		ideal(r.durRow("Drop → first idle reading: p50", p(firstIdle, 50)), "≈ "+secs(herdPolling/2)),
 		ideal(r.durRow("Drop → first idle reading: p99", p(firstIdle, 99)), "≈ "+secs(herdPolling)),
 		ideal(r.durRow("End of the cooldown → confirmation asked: p50", p(confirmed, 50)), "≈ 0"),
@@ -114,13 +127,24 @@ func (r *herdResult) sleepRows() []herdRow {
 		r.zero(r.countRow("Daemon log lines with a stack trace", 0, stacks), stacks),
 		r.countRow("Writes, daemon's `zeroscaler_api_writes_total`", n, func(rep *herdRep) float64 { return rep.Sleep.DaemonWrites }),
 		r.countRow("Writes, API server's `apiserver_request_total` on deployments", n, func(rep *herdRep) float64 { return rep.Sleep.ServerWrites }),
+		r.durRow("API server's mean time answering a PATCH on deployments (`apiserver_request_duration_seconds`)", func(rep *herdRep) time.Duration { return rep.Sleep.PatchMean }),
 		r.countRow(fmt.Sprintf("Confirmation queries (`max_over_time((Q)[%s:%s])`)", model.Duration(herdCooldown), model.Duration(scaler.SubqueryStep(herdCooldown))), n, func(rep *herdRep) float64 { return float64(rep.Sleep.Confirms) }),
 		r.countRow("Health queries", -1, func(rep *herdRep) float64 { return float64(rep.Sleep.Health) }),
 		r.zero(r.countRow("Queries the stand-in could not answer", 0, bad), bad),
 	}
 }
 
+// woke is r with only the repetitions that went on to a herd of wakes.
+func (r *herdResult) woke() *herdResult {
+	w := *r
+	w.Reps = slices.DeleteFunc(slices.Clone(r.Reps), func(rep *herdRep) bool { return rep.Stuck > 0 })
+	return &w
+}
+
 func (r *herdResult) wakeRows() []herdRow {
+	if len(r.Reps) == 0 {
+		return nil
+	}
 	target := wakePolling + targetWakeMargin
 	n := float64(r.N)
 	lat := func(q float64) func(*herdRep) time.Duration {
@@ -144,6 +168,7 @@ func (r *herdResult) wakeRows() []herdRow {
 		r.zero(r.countRow("Daemon log lines with a stack trace", 0, stacks), stacks),
 		r.countRow("Writes, daemon's `zeroscaler_api_writes_total`", n, func(rep *herdRep) float64 { return rep.WakeCount.DaemonWrites }),
 		r.countRow("Writes, API server's `apiserver_request_total` on deployments", n, func(rep *herdRep) float64 { return rep.WakeCount.ServerWrites }),
+		r.durRow("API server's mean time answering a PATCH on deployments (`apiserver_request_duration_seconds`)", func(rep *herdRep) time.Duration { return rep.WakeCount.PatchMean }),
 	}
 }
 
@@ -158,7 +183,11 @@ func (r *herdResult) medianOf(f func(*herdRep) time.Duration) time.Duration {
 	for _, rep := range r.Reps {
 		xs = append(xs, f(rep).Seconds())
 	}
-	return time.Duration(median(xs) * float64(time.Second))
+	m := median(xs)
+	if m >= never.Seconds() {
+		return never
+	}
+	return time.Duration(m * float64(time.Second))
 }
 
 func writeHerdTable(w io.Writer, rows []herdRow) {
@@ -203,7 +232,11 @@ func (r *report) writeHerd(w io.Writer) {
 	writeHerdTable(w, h.sleepRows())
 	fmt.Fprintf(w, "A minimum below 0 is the few milliseconds between the start of the daemon's check (where its idle stretch begins) and the stand-in's answer (where this one does); \"sooner than the cooldown after the drop\" is the figure that would show an early sleep.\n\n")
 	fmt.Fprintf(w, "### %s wakes at once\n\n", thousands(h.N))
-	writeHerdTable(w, h.wakeRows())
+	if rows := h.woke().wakeRows(); rows != nil {
+		writeHerdTable(w, rows)
+	} else {
+		fmt.Fprintf(w, "Not measured: the herd of sleeps did not finish within %.0f s, and the run stopped there.\n\n", herdTimeout.Seconds())
+	}
 }
 
 // misses lists the herd targets missed.
@@ -212,7 +245,7 @@ func (h *herdResult) misses() []string {
 		return nil
 	}
 	var out []string
-	for _, rows := range [][]herdRow{h.sleepRows(), h.wakeRows()} {
+	for _, rows := range [][]herdRow{h.sleepRows(), h.woke().wakeRows()} {
 		for _, row := range rows {
 			if row.met == "❌" {
 				out = append(out, fmt.Sprintf("herd at default API limits: %s = %s, each repetition %s (target %s)", row.figure, row.median, strings.Join(row.each, " / "), row.target))

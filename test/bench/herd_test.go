@@ -103,3 +103,32 @@ func TestHerdTargets(t *testing.T) {
 	}
 	t.Log(md.String())
 }
+
+// A herd that does not finish is reported as such, not as fast.
+func TestHerdStuck(t *testing.T) {
+	h := &herdResult{N: 1000, QPS: 300, Burst: 600, DefaultAPI: "--kube-api-qps 300 --kube-api-burst 600"}
+	r := rep(1000, 100*time.Millisecond, time.Second)
+	r.Stuck, r.Wake = 20, herdTimes{}
+	for i := range 20 {
+		r.FromEnd[i], r.FromDrop[i] = never, never
+	}
+	r.Asleep = []int{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 500, 900, 950, 980}
+	h.Reps = []*herdRep{r}
+	misses := strings.Join(h.misses(), "\n")
+	for _, want := range []string{"Not at 0 120 s after the drop = 20", "p99 = > 120 s"} {
+		if !strings.Contains(misses, want) {
+			t.Errorf("misses lack %q:\n%s", want, misses)
+		}
+	}
+	if got := r.asleepAt(13); got != 900 {
+		t.Errorf("asleepAt(13) = %d, want 900", got)
+	}
+	if got := r.asleepAt(60); got != 980 {
+		t.Errorf("asleepAt(60) = %d, want the last count, 980", got)
+	}
+	var md bytes.Buffer
+	(&report{Herd: h, Machine: machineInfo{CPUs: 2}}).writeHerd(&md)
+	if !strings.Contains(md.String(), "Not measured: the herd of sleeps did not finish") {
+		t.Errorf("report shows wakes that were not measured:\n%s", md.String())
+	}
+}
