@@ -113,6 +113,7 @@ func (r *herdResult) sleepRows() []herdRow {
 		r.countRow("At 0 15 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(15)) }),
 		r.countRow("At 0 30 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(30)) }),
 		r.countRow("At 0 60 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(60)) }),
+		r.countRow("At 0 120 s after the drop", n, func(rep *herdRep) float64 { return float64(rep.asleepAt(120)) }),
 		ideal(r.durRow("Drop → first idle reading: p50", p(firstIdle, 50)), "≈ "+secs(herdPolling/2)),
 		ideal(r.durRow("Drop → first idle reading: p99", p(firstIdle, 99)), "≈ "+secs(herdPolling)),
 		ideal(r.durRow("End of the cooldown → confirmation asked: p50", p(confirmed, 50)), "≈ 0"),

@@ -115,7 +115,7 @@ func TestHerdStuck(t *testing.T) {
 	r.Asleep = []int{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 500, 900, 950, 980}
 	h.Reps = []*herdRep{r}
 	misses := strings.Join(h.misses(), "\n")
-	for _, want := range []string{"Not at 0 120 s after the drop = 20", "p99 = > 120 s"} {
+	for _, want := range []string{"Not at 0 300 s after the drop = 20", "p99 = > 300 s"} {
 		if !strings.Contains(misses, want) {
 			t.Errorf("misses lack %q:\n%s", want, misses)
 		}
