@@ -217,9 +217,9 @@ func (m metricFamilies) sum(name string, keep func(labels map[string]string) boo
 // apiserverWrites reads the API server's own count of write requests on
 // Deployments and StatefulSets (any subresource, any client).
 func apiserverWrites(ctx context.Context, cs kubernetes.Interface) (float64, error) {
-	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	raw, err := scrapeAPIServer(ctx, cs)
 	if err != nil {
-		return 0, fmt.Errorf("scrape kube-apiserver: %w", err)
+		return 0, err
 	}
 	// Parse only the family needed: the whole page is megabytes.
 	var page bytes.Buffer
@@ -241,6 +241,45 @@ func apiserverWrites(ctx context.Context, cs kubernetes.Interface) (float64, err
 		}
 		return l["group"] == "apps" && (l["resource"] == "deployments" || l["resource"] == "statefulsets")
 	}), nil
+}
+
+func scrapeAPIServer(ctx context.Context, cs kubernetes.Interface) ([]byte, error) {
+	raw, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("scrape kube-apiserver: %w", err)
+	}
+	return raw, nil
+}
+
+// apiserverPatchTime reads the sum and count of the API server's
+// apiserver_request_duration_seconds for PATCH on deployments: the time it
+// took to answer them, from its side.
+func apiserverPatchTime(ctx context.Context, cs kubernetes.Interface) (sum, count float64, err error) {
+	raw, err := scrapeAPIServer(ctx, cs)
+	if err != nil {
+		return 0, 0, err
+	}
+	for line := range bytes.Lines(raw) {
+		var total *float64
+		switch {
+		case bytes.HasPrefix(line, []byte("apiserver_request_duration_seconds_sum{")):
+			total = &sum
+		case bytes.HasPrefix(line, []byte("apiserver_request_duration_seconds_count{")):
+			total = &count
+		default:
+			continue
+		}
+		labels, value, ok := bytes.Cut(line, []byte("} "))
+		if !ok || !bytes.Contains(labels, []byte(`verb="PATCH"`)) || !bytes.Contains(labels, []byte(`resource="deployments"`)) {
+			continue
+		}
+		v, err := strconv.ParseFloat(string(bytes.TrimSpace(value)), 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("parse %q: %w", line, err)
+		}
+		*total += v
+	}
+	return sum, count, nil
 }
 
 func tail(s string, n int) string {

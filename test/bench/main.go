@@ -5,6 +5,7 @@
 //
 //	go run ./test/bench -out BENCHMARKS.md   # what make bench runs
 //	go run ./test/bench -quick               # N = 1000 only
+//	go run ./test/bench -only herd -out BENCHMARKS.md  # one part, spliced in
 package main
 
 import (
@@ -42,6 +43,11 @@ type options struct {
 	fast   bool   // 5 s polling runs
 	wake   bool
 	cache  bool
+	herd   bool
+	steady bool
+	// only names the parts to measure (partNames), overriding the
+	// booleans above; with out, only their sections of it are replaced.
+	only string
 	// profile is a folder for the daemons' pprof profiles.
 	profile string
 }
@@ -58,11 +64,18 @@ func main() {
 	flag.BoolVar(&o.fast, "fast", true, "also measure at 5 s polling")
 	flag.BoolVar(&o.wake, "wake", true, "measure wake latency")
 	flag.BoolVar(&o.cache, "cache", true, "measure the informer cache in-process")
+	flag.BoolVar(&o.herd, "herd", true, "measure herds of sleeps and wakes at default API limits")
+	flag.StringVar(&o.only, "only", "", "measure only these parts, comma-separated: "+strings.Join(partNames, ", ")+"; with -out, replace only their sections of the file")
 	flag.StringVar(&o.profile, "profile", "", "save each steady daemon run's CPU profile (first window) and heap profile to this folder (development)")
 	flag.Parse()
 	sets, err := parseSets(o.sets, o.quick)
 	if err != nil || o.runs < 1 || o.singles < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -runs and -singles must be at least 1, -sets a list of N:K")
+		os.Exit(2)
+	}
+	o.steady = true
+	if err := o.selectParts(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
 
@@ -77,6 +90,28 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// partNames are the parts -only can select.
+var partNames = []string{"steady", "wake", "herd", "cache"}
+
+// selectParts applies -only.
+func (o *options) selectParts() error {
+	if o.only == "" {
+		return nil
+	}
+	parts := map[string]*bool{"steady": &o.steady, "wake": &o.wake, "herd": &o.herd, "cache": &o.cache}
+	for _, p := range parts {
+		*p = false
+	}
+	for name := range strings.SplitSeq(o.only, ",") {
+		p, ok := parts[strings.TrimSpace(name)]
+		if !ok {
+			return fmt.Errorf("-only: unknown part %q (want %s)", name, strings.Join(partNames, ", "))
+		}
+		*p = true
+	}
+	return nil
 }
 
 // bench holds what every measurement uses.
@@ -175,13 +210,17 @@ func run(ctx context.Context, o options, sets []set) (err error) {
 	}
 	rep.Machine.Kubernetes = v.GitVersion
 
-	b.logf("daemon with no workloads")
-	rss, heap, goroutines, err := b.measureIdle(ctx, 5)
-	if err != nil {
-		return err
+	if o.steady {
+		b.logf("daemon with no workloads")
+		rss, heap, goroutines, err := b.measureIdle(ctx, 5)
+		if err != nil {
+			return err
+		}
+		rep.IdleRSS, rep.IdleHeap, b.idleGoroutines = median(rss), median(heap), slices.Max(goroutines)
+		b.logf("  RSS %s, heap %s", mib(rep.IdleRSS), mib(rep.IdleHeap))
+	} else {
+		sets = nil
 	}
-	rep.IdleRSS, rep.IdleHeap, b.idleGoroutines = median(rss), median(heap), slices.Max(goroutines)
-	b.logf("  RSS %s, heap %s", mib(rep.IdleRSS), mib(rep.IdleHeap))
 
 	for _, s := range sets {
 		took, err := s.create(ctx, b.cs)
@@ -206,17 +245,34 @@ func run(ctx context.Context, o options, sets []set) (err error) {
 			return err
 		}
 	}
+	if o.herd {
+		b.logf("herds of sleeps and wakes at default API limits, %d repetitions", o.runs)
+		if rep.Herd, err = b.measureHerd(ctx, o.runs); err != nil {
+			return err
+		}
+	}
 
 	rep.Took = time.Since(b.began)
 	var md bytes.Buffer
 	rep.write(&md)
 	fmt.Print(md.String())
-	if o.out != "" {
-		if err := os.WriteFile(o.out, md.Bytes(), 0o644); err != nil {
-			return err
-		}
-		b.logf("wrote %s", o.out)
+	if o.out == "" {
+		return nil
 	}
+	out := md.Bytes()
+	if o.only != "" {
+		old, err := os.ReadFile(o.out)
+		if err != nil {
+			return fmt.Errorf("-only with -out replaces sections of an existing file: %w", err)
+		}
+		note := fmt.Sprintf("_This section was measured on its own by `go run ./test/bench -only %s` in %s, zeroscaler built from %s, kube-apiserver %s; the rest of the file comes from an earlier run._",
+			o.only, rep.Took.Round(time.Second), rep.Machine.Daemon, rep.Machine.Kubernetes)
+		out = splice(old, out, note)
+	}
+	if err := os.WriteFile(o.out, out, 0o644); err != nil {
+		return err
+	}
+	b.logf("wrote %s", o.out)
 	return nil
 }
 

@@ -34,6 +34,7 @@ type report struct {
 	IdleRSS, IdleHeap float64
 	Results           []*result
 	Wakes             []*wakeResult
+	Herd              *herdResult
 	ScaleWrites       time.Duration // 2,000 scale writes from 32 workers
 }
 
@@ -82,6 +83,7 @@ func (r *report) write(w io.Writer) {
 		r.writeSize(w, n)
 	}
 	r.writeWakes(w)
+	r.writeHerd(w)
 	r.writeCache(w)
 
 	if misses := r.misses(); len(misses) > 0 {
@@ -107,9 +109,12 @@ func (r *report) write(w io.Writer) {
 	for _, wk := range r.Wakes {
 		fmt.Fprintf(w, "- wake (%s API limits): `%s`\n", wk.Label, strings.Join(extraArgs(wk.Args), " "))
 	}
+	if r.Herd != nil {
+		fmt.Fprintf(w, "- herds (default API limits): `%s`\n", strings.Join(extraArgs(r.Herd.Args), " "))
+	}
 	fmt.Fprintf(w, "\n## Reproduce\n\n")
-	fmt.Fprintf(w, "```sh\nmake bench                      # go run ./test/bench -out BENCHMARKS.md (about 25 minutes)\ngo run ./test/bench -quick      # N = 1,000 only\n```\n\n")
-	fmt.Fprintf(w, "It needs `bin/etcd` and `bin/kube-apiserver` (`make tools`) and Debian's `prometheus` (the local stack starts it; the daemon's queries go to the stand-in). `-runs` sets the windows per run, `-singles` the single wakes, `-keep-logs` keeps the daemon logs.\n")
+	fmt.Fprintf(w, "```sh\nmake bench                      # go run ./test/bench -out BENCHMARKS.md (about 25 minutes)\ngo run ./test/bench -quick      # N = 1,000 only\ngo run ./test/bench -only herd -out BENCHMARKS.md   # re-measure one part, replacing its section\n```\n\n")
+	fmt.Fprintf(w, "It needs `bin/etcd` and `bin/kube-apiserver` (`make tools`) and Debian's `prometheus` (the local stack starts it; the daemon's queries go to the stand-in). `-only` takes a comma-separated list of %s; with `-out` it replaces only the sections it measured and leaves the rest of the file as it was. `-runs` sets the windows per run and the herd repetitions, `-singles` the single wakes, `-keep-logs` keeps the daemon logs.\n", strings.Join(partNames, ", "))
 }
 
 func (r *report) sizes() []int {
@@ -298,7 +303,7 @@ func (r *report) writeWakes(w io.Writer) {
 	fmt.Fprintf(w, "## Wake latency\n\n")
 	fmt.Fprintf(w, "N = 1,000 Deployments, one question each, `--default-polling-interval 2s --default-cooldown-period 2s`. All are put to sleep (value 0) first; then single workloads are woken one at a time at random moments of the polling grid, and then all 1,000 at once (every value set to 5 in one step). Target: p99 ≤ polling interval + 1 s = %s; ideal: about half the polling interval at p50.\n\n", secs(target))
 	if r.ScaleWrites > 0 {
-		fmt.Fprintf(w, "For scale: the benchmark's own client (32 workers, no client-side limit worth the name) gets %s scale writes through this API server in %s, %.0f per second, with nothing else running. Each wake costs the daemon a scale write and an Event; the annotation patch that removes the sleep marks follows at the next check.\n\n",
+		fmt.Fprintf(w, "For scale: the benchmark's own client (32 workers, no client-side limit worth the name) gets %s scale writes through this API server in %s, %.0f per second, with nothing else running. Each wake costs the daemon one write (a patch of the workload setting its replicas and removing the sleep marks) and an Event.\n\n",
 			thousands(2000), secs(r.ScaleWrites), 2000/r.ScaleWrites.Seconds())
 	}
 	fmt.Fprintf(w, "| API limits | All %s to sleep | 1 wakes: p50 | p99 | max (n) | %s at once: p50 | p99 | last |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -365,6 +370,7 @@ func (r *report) misses() []string {
 			}
 		}
 	}
+	out = append(out, r.Herd.misses()...)
 	target := wakePolling + targetWakeMargin
 	for _, wk := range r.Wakes {
 		if v := pct(wk.Single, 99); v > target {
@@ -381,6 +387,12 @@ func (r *report) misses() []string {
 func (r *report) commonArgs() []string {
 	for _, res := range r.Results {
 		return commonPart(res.Slow.Args)
+	}
+	for _, wk := range r.Wakes {
+		return commonPart(wk.Args)
+	}
+	if r.Herd != nil {
+		return commonPart(r.Herd.Args)
 	}
 	return nil
 }

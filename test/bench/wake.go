@@ -21,16 +21,17 @@ const (
 )
 
 // watcher follows spec.replicas of a set's Deployments through a watch and
-// records when each one last went from 0 to more.
+// records when each one last went from 0 to more, and from more to 0.
 type watcher struct {
 	mu       sync.Mutex
 	replicas map[string]int32     // namespace/name → spec.replicas
 	wokeAt   map[string]time.Time // last 0 → n seen
+	sleptAt  map[string]time.Time // last n → 0 seen
 }
 
 // watch starts the watch; it runs until ctx ends, and stop waits for it.
 func (b *bench) watch(ctx context.Context, s set) (w *watcher, stop func(), err error) {
-	w = &watcher{replicas: map[string]int32{}, wokeAt: map[string]time.Time{}}
+	w = &watcher{replicas: map[string]int32{}, wokeAt: map[string]time.Time{}, sleptAt: map[string]time.Time{}}
 	factory := informers.NewSharedInformerFactoryWithOptions(b.cs, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = s.selector() }))
 	inf := factory.Apps().V1().Deployments().Informer()
@@ -49,6 +50,8 @@ func (b *bench) watch(ctx context.Context, s set) (w *watcher, stop func(), err 
 		defer w.mu.Unlock()
 		if old, seen := w.replicas[key]; seen && old == 0 && r > 0 {
 			w.wokeAt[key] = now
+		} else if seen && old > 0 && r == 0 {
+			w.sleptAt[key] = now
 		}
 		w.replicas[key] = r
 	}
@@ -87,6 +90,13 @@ func (w *watcher) woke(key string) (time.Time, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	t, ok := w.wokeAt[key]
+	return t, ok
+}
+
+func (w *watcher) slept(key string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.sleptAt[key]
 	return t, ok
 }
 
@@ -189,7 +199,7 @@ func (b *bench) runWake(ctx context.Context, d *daemon, w *watcher, s set, polli
 	rng := rand.New(rand.NewPCG(1, 2))
 	for r := range singles {
 		i := (r * 37) % s.N
-		key := s.namespace(i) + "/" + s.workloadName(i)
+		key := s.key(i)
 		if err := sleep(ctx, time.Duration(rng.Int64N(int64(polling)))); err != nil {
 			return err
 		}
@@ -214,23 +224,11 @@ func (b *bench) runWake(ctx context.Context, d *daemon, w *watcher, s set, polli
 		return err
 	}
 
-	t0 := time.Now()
-	b.standin.setAll(activeValue)
-	if err := waitFor(ctx, d, 5*time.Minute, "herd awake", allAwake); err != nil {
+	herd, err := b.herdWake(ctx, d, w, s)
+	if err != nil {
 		return err
 	}
-	res.HerdAll = time.Since(t0)
-	for i := range s.N {
-		t, ok := w.woke(s.namespace(i) + "/" + s.workloadName(i))
-		if !ok || !t.After(t0) {
-			return fmt.Errorf("no wake seen for %s", s.workloadName(i))
-		}
-		res.Herd = append(res.Herd, t.Sub(t0))
-		if asked, ok := b.standin.active(s.query(i)); ok {
-			res.HerdAsked = append(res.HerdAsked, asked.Sub(t0))
-			res.HerdWrite = append(res.HerdWrite, t.Sub(asked))
-		}
-	}
+	res.Herd, res.HerdAsked, res.HerdWrite, res.HerdAll = herd.Latency, herd.Asked, herd.Written, herd.All
 	res.HerdCount = s.N
 	m, err := d.metrics(ctx)
 	if err != nil {
@@ -245,6 +243,41 @@ func (b *bench) runWake(ctx context.Context, d *daemon, w *watcher, s set, polli
 		s.N, secs(pct(res.Herd, 50)), secs(pct(res.Herd, 99)), secs(res.HerdAll),
 		secs(pct(res.HerdAsked, 50)), secs(pct(res.HerdAsked, 99)), secs(pct(res.HerdWrite, 50)), secs(pct(res.HerdWrite, 99)), res.ScaleOps)
 	return nil
+}
+
+// herdTimes is one herd of wakes or sleeps: for each workload, the time
+// from the start to the watch event, and its two parts.
+type herdTimes struct {
+	Latency []time.Duration
+	// Asked is from the start until the daemon asked the question that
+	// decided (for a wake, its first active reading), Written from that
+	// answer to the watch event.
+	Asked, Written []time.Duration
+	All            time.Duration // until the last one
+}
+
+// herdWake wakes every workload of s at once (every value to active) and
+// returns when each one woke, from the change.
+func (b *bench) herdWake(ctx context.Context, d *daemon, w *watcher, s set) (herdTimes, error) {
+	var h herdTimes
+	allAwake := func() bool { _, a := w.count(); return a == s.N }
+	t0 := b.standin.setAll(activeValue)
+	if err := waitFor(ctx, d, 5*time.Minute, "herd awake", allAwake); err != nil {
+		return h, err
+	}
+	h.All = time.Since(t0)
+	for i := range s.N {
+		t, ok := w.woke(s.key(i))
+		if !ok || !t.After(t0) {
+			return h, fmt.Errorf("no wake seen for %s", s.key(i))
+		}
+		h.Latency = append(h.Latency, t.Sub(t0))
+		if asked, ok := b.standin.active(s.query(i)); ok {
+			h.Asked = append(h.Asked, asked.Sub(t0))
+			h.Written = append(h.Written, t.Sub(asked))
+		}
+	}
+	return h, nil
 }
 
 // defaultAPILimits reads the defaults of --kube-api-qps and --kube-api-burst

@@ -38,6 +38,9 @@ func (s set) namespace(i int) string {
 
 func (s set) workloadName(i int) string { return fmt.Sprintf("w-%05d", i) }
 
+// key is workload i's namespace/name, as the watcher knows it.
+func (s set) key(i int) string { return s.namespace(i) + "/" + s.workloadName(i) }
+
 // query is the question workload i asks.
 func (s set) query(i int) string {
 	return fmt.Sprintf(`zs_bench{set=%q,q="%d"}`, s.name(), i%s.K)
