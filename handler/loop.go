@@ -243,6 +243,7 @@ func (h *ScaleHandler) wait(ctx context.Context, p *pace) bool {
 
 func (h *ScaleHandler) endLoop(st *loopState) {
 	h.setState(st, "", 0)
+	h.metrics.metricProblem(st.mem.problem, "")
 	if st.decider != nil {
 		if err := st.decider.Close(context.Background()); err != nil {
 			st.log.Warn("close the loop's scaler", zap.Error(err))
@@ -383,7 +384,7 @@ func (h *ScaleHandler) act(ctx context.Context, st *loopState, f facts, a action
 		st.yieldSlot()
 		if err := h.write(ctx, st, f, a); err != nil {
 			h.writeFailed(st, a, err)
-			st.mem = m
+			h.remember(st, m)
 			if a.verb == doClear && a.state != "" {
 				// Marks or not, the workload runs.
 				h.setState(st, a.state, 0)
@@ -408,7 +409,7 @@ func (h *ScaleHandler) act(ctx context.Context, st *loopState, f facts, a action
 			}
 		}
 	}
-	st.mem = m
+	h.remember(st, m)
 	if a.log != "" {
 		st.log.Info(a.log, zap.Int32("replicas", f.w.Replicas))
 	}
@@ -424,6 +425,13 @@ func (h *ScaleHandler) act(ctx context.Context, st *loopState, f facts, a action
 		h.setState(st, a.state, asleep)
 	}
 	return a.finish
+}
+
+// remember keeps m as the loop's memory, and counts the loop's metric as
+// unavailable while its query problem lasts.
+func (h *ScaleHandler) remember(st *loopState, m memory) {
+	h.metrics.metricProblem(st.mem.problem, m.problem)
+	st.mem = m
 }
 
 func (h *ScaleHandler) setState(st *loopState, state string, asleep int32) {

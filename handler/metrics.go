@@ -102,7 +102,7 @@ var (
 	metricStates     = []string{StateAwake, StateIdle, StateAsleep, StatePaused, StateInvalid}
 	metricDirections = []string{"down", "up"}
 	metricWriteRes   = []string{"ok", "conflict", "error"}
-	metricWakeCauses = []string{"metric", "error", "person", "schedule", "released", "group"}
+	metricWakeCauses = []string{wakeByMetric, wakeByError, wakeByPerson, wakeBySchedule, wakeByReleased, wakeByGroup}
 	// metricProblems are scaler.ResultKind's kinds, but "ok".
 	metricProblems = []string{"no_data", "multiple_series", "timeout", "bad_query", "bad_response", "server_error", "error"}
 )

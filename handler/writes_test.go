@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"k8s.io/client-go/util/flowcontrol"
 )
 
@@ -138,4 +139,35 @@ func TestWriteContext(t *testing.T) {
 			t.Errorf("err = %v, want ErrNotLeading", err)
 		}
 	})
+}
+
+// The gauge behind the MetricUnavailable alert counts the loops whose last
+// reading could not be had, and forgets a loop that ends.
+func TestMetricUnavailableGauge(t *testing.T) {
+	hs := newHarness(t, false, deployment("web", 3, nil))
+	unavailable := func() float64 {
+		var m dto.Metric
+		if err := hs.metrics.metricUnavailable.WithLabelValues("no_data").Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetGauge().GetValue()
+	}
+	hs.prom.set("q", noData)
+	hs.h.Sync(managed("web"))
+	stop := hs.run()
+	hs.tick(1)
+	if got := unavailable(); got != 1 {
+		t.Errorf("with no data: %v, want 1", got)
+	}
+	hs.prom.set("q", active)
+	hs.tick(1)
+	if got := unavailable(); got != 0 {
+		t.Errorf("readable again: %v, want 0", got)
+	}
+	hs.prom.set("q", noData)
+	hs.tick(1)
+	stop()
+	if got := unavailable(); got != 0 {
+		t.Errorf("after the loop ended: %v, want 0", got)
+	}
 }
