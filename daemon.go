@@ -69,17 +69,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := handler.NewMetrics(registry)
 
-	servers, err := scaler.NewServers(scaler.Options{
-		DefaultAddress:       o.prometheusAddress,
-		AllowedAddresses:     o.allowedAddresses,
-		BearerTokenFile:      o.bearerTokenFile,
-		Headers:              o.parsedPromHeaders,
-		ConfigFile:           o.prometheusConfig,
-		QueryTimeout:         o.queryTimeout,
-		MaxConcurrentQueries: o.maxConcurrentQueries,
-		ShareWindow:          500 * time.Millisecond,
-		ObserveQuery:         metrics.ObserveQuery,
-	})
+	servers, err := scaler.NewServers(o.scalerOptions(metrics.ObserveQuery))
 	if err != nil {
 		return err
 	}
@@ -96,7 +86,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 			UptimeFilter:    o.uptimeFilter,
 			CooldownPeriod:  o.defaultCooldown,
 			PollingInterval: o.defaultPolling,
-			Allowed:         servers.Allowed,
+			Servers:         servers,
 		},
 	})
 	h := handler.New(handler.Options{
