@@ -76,17 +76,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	registry := prometheus.NewRegistry()
 	metrics := newMetrics(registry)
 
-	servers, err := scaler.NewServers(scaler.Options{
-		DefaultAddress:       o.prometheusAddress,
-		AllowedAddresses:     o.allowedAddresses,
-		BearerTokenFile:      o.bearerTokenFile,
-		Headers:              o.parsedPromHeaders,
-		ConfigFile:           o.prometheusConfig,
-		QueryTimeout:         o.queryTimeout,
-		MaxConcurrentQueries: o.maxConcurrentQueries,
-		ShareWindow:          500 * time.Millisecond,
-		ObserveQuery:         metrics.ObserveQuery,
-	})
+	servers, err := scaler.NewServers(o.scalerOptions(metrics.ObserveQuery))
 	if err != nil {
 		return err
 	}
@@ -103,7 +93,7 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 			UptimeFilter:    o.uptimeFilter,
 			CooldownPeriod:  o.defaultCooldown,
 			PollingInterval: o.defaultPolling,
-			Allowed:         servers.Allowed,
+			Servers:         servers,
 		},
 	})
 	var lock *renewals
@@ -259,9 +249,11 @@ func lead(ctx context.Context, o *options, lock *renewals, log *zap.Logger, metr
 // Lease unchanged for the lease duration, counted from a moment after that
 // renewal reached the API server; the elector itself gives up leading once
 // it failed to renew for the renew deadline, which is shorter. So writes
-// that start and end before the last renewal plus the renew deadline can
-// never overlap a new leader's, whatever the network did to the renewals
-// since.
+// that start and end before the last renewal plus the renew deadline never
+// overlap a new leader's, whatever the network did to the renewals since,
+// as long as a standby's read of the Lease takes less than the difference
+// (5s with the default 15s and 10s): the standby stamps what it observed
+// with the time before its read.
 type renewals struct {
 	resourcelock.Interface
 	mu   sync.Mutex

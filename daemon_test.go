@@ -218,9 +218,13 @@ func storeLease(cs *fake.Clientset, lease *coordinationv1.Lease) error {
 // starts leading.
 func TestWritesEndBeforeAStandbyLeads(t *testing.T) {
 	const (
-		leaseDuration = 1200 * time.Millisecond
-		renewDeadline = 800 * time.Millisecond
-		retryPeriod   = 100 * time.Millisecond
+		// Whole seconds: the Lease records its duration in seconds. A
+		// standby stamps what it observed with the time before its read,
+		// so the margin (lease duration - renew deadline) must exceed a
+		// read's latency: 5s by default, 2s here.
+		leaseDuration = 3 * time.Second
+		renewDeadline = time.Second
+		retryPeriod   = 200 * time.Millisecond
 	)
 	cs := fake.NewSimpleClientset()
 	o := &options{leaderElectionNS: testLeaseNS, leaderElectionID: testLeaseName}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/zeroscaler/zeroscaler/scaler"
 	"github.com/zeroscaler/zeroscaler/status"
 )
 
@@ -25,28 +27,19 @@ func main() {
 		cmd := status.Command{Stdout: os.Stdout, Stderr: os.Stderr}
 		os.Exit(cmd.Run(context.Background(), os.Args[2:]))
 	}
-	o := newOptions()
-	fs := o.flags("zeroscaler")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			os.Exit(0)
-		}
-		os.Exit(2)
-	}
-	if o.version {
-		fmt.Println("zeroscaler", version)
-		return
-	}
-	if err := o.validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "zeroscaler:", err)
-		os.Exit(2)
+	o, servers, code := prepare(os.Args[1:], os.Stdout, os.Stderr)
+	if o == nil {
+		os.Exit(code)
 	}
 	log, err := newLogger(o.logLevel, o.logFormat)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "zeroscaler:", err)
-		os.Exit(2)
+		fmt.Fprintln(os.Stderr, "zeroscaler:", oneLine(err.Error()))
+		os.Exit(1)
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
+	// The allow-list goes to the log only: Events, which namespace users
+	// read, say that a server is not allowed but not which ones are.
+	log.Info("prometheus servers", zap.String("default", servers.DefaultAddress()), zap.Strings("allowed", servers.Addresses()))
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -55,6 +48,41 @@ func main() {
 		os.Exit(1)
 	}
 	log.Info("zeroscaler stopped")
+}
+
+// prepare reads the flags and checks, before any logger exists, everything
+// that can be wrong at start: the flags, the kubeconfig and
+// --prometheus-config. A problem is one plain line on stderr and exit code
+// 1. It returns nil options when the program is to exit with the code.
+func prepare(args []string, stdout, stderr io.Writer) (*options, *scaler.Servers, int) {
+	o := newOptions()
+	fs := o.flags("zeroscaler")
+	fs.SetOutput(stdout) // --help
+	fail := func(err error) (*options, *scaler.Servers, int) {
+		fmt.Fprintln(stderr, "zeroscaler:", oneLine(err.Error()))
+		return nil, nil, 1
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, nil, 0
+		}
+		return fail(err)
+	}
+	if o.version {
+		fmt.Fprintln(stdout, "zeroscaler", version)
+		return nil, nil, 0
+	}
+	if err := o.validate(fs); err != nil {
+		return fail(err)
+	}
+	if _, err := kubeConfig(o.kubeconfig); err != nil {
+		return fail(err)
+	}
+	servers, err := scaler.NewServers(o.scalerOptions(nil))
+	if err != nil {
+		return fail(err)
+	}
+	return o, servers, 0
 }
 
 func newLogger(level, format string) (*zap.Logger, error) {
@@ -69,5 +97,8 @@ func newLogger(level, format string) (*zap.Logger, error) {
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
 	cfg.EncoderConfig.TimeKey = "time"
 	cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	// An error is one line: the ones expected in operation (a timeout, a
+	// conflict) are no bugs, and a stack trace would not help with them.
+	cfg.DisableStacktrace = true
 	return cfg.Build()
 }

@@ -3,12 +3,17 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	"go.uber.org/zap/zapcore"
 	"k8s.io/client-go/rest"
+
+	"github.com/zeroscaler/zeroscaler/informer"
+	"github.com/zeroscaler/zeroscaler/scaler"
 )
 
 // options are the daemon's flags.
@@ -19,14 +24,15 @@ type options struct {
 	kubeAPIQPS     float32
 	kubeAPIBurst   int
 
-	prometheusAddress    string
-	allowedAddresses     []string
-	bearerTokenFile      string
-	prometheusHeaders    []string
-	prometheusConfig     string
-	uptimeFilter         string
-	queryTimeout         time.Duration
-	maxConcurrentQueries int
+	prometheusAddress      string
+	allowedAddresses       []string
+	bearerTokenFile        string
+	prometheusHeaders      []string
+	allowedWorkloadHeaders []string
+	prometheusConfig       string
+	uptimeFilter           string
+	queryTimeout           time.Duration
+	maxConcurrentQueries   int
 
 	defaultPolling  time.Duration
 	defaultCooldown time.Duration
@@ -67,7 +73,8 @@ func (o *options) flags(name string) *pflag.FlagSet {
 	fs.StringArrayVar(&o.allowedAddresses, "allowed-server-address", nil, "Other Prometheus base URL a workload may name in zeroscaler.io/server-address (repeatable). No credentials are sent to it.")
 	fs.StringVar(&o.bearerTokenFile, "prometheus-bearer-token-file", "", "File holding a bearer token for --prometheus-address, re-read on change.")
 	fs.StringArrayVar(&o.prometheusHeaders, "prometheus-header", nil, "Header Name=value sent to --prometheus-address only (repeatable).")
-	fs.StringVar(&o.prometheusConfig, "prometheus-config", "", "YAML file listing Prometheus servers, each with Prometheus' own HTTP client configuration (auth, TLS, proxy). Each listed URL is allowed and gets only its own credentials.")
+	fs.StringArrayVar(&o.allowedWorkloadHeaders, "allowed-workload-header", nil, "Header name a workload may set in zeroscaler.io/headers, any case (repeatable). Default: none.")
+	fs.StringVar(&o.prometheusConfig, "prometheus-config", "", "YAML file listing Prometheus servers, each with Prometheus' own HTTP client configuration (auth, TLS, proxy). Each listed URL is allowed and gets only its own credentials; the first is the default unless --prometheus-address is given.")
 	fs.StringVar(&o.uptimeFilter, "uptime-filter", `job="prometheus"`, "Default label matchers for the health query up{...}.")
 	fs.DurationVar(&o.queryTimeout, "query-timeout", 5*time.Second, "Timeout of one query to Prometheus.")
 	fs.IntVar(&o.maxConcurrentQueries, "max-concurrent-queries", 8, "Most queries in flight to one Prometheus server.")
@@ -91,7 +98,14 @@ func (o *options) flags(name string) *pflag.FlagSet {
 	return fs
 }
 
-func (o *options) validate() error {
+// validate checks the flags parsed by fs and fills in what follows from
+// them. Its error is one line naming each wrong flag.
+func (o *options) validate(fs *pflag.FlagSet) error {
+	// With --prometheus-config, the file's first server is the default
+	// unless --prometheus-address is given.
+	if o.prometheusConfig != "" && !fs.Changed("prometheus-address") {
+		o.prometheusAddress = ""
+	}
 	var errs []error
 	if o.defaultPolling < time.Second {
 		errs = append(errs, fmt.Errorf("--default-polling-interval must be at least 1s, got %s", o.defaultPolling))
@@ -105,26 +119,76 @@ func (o *options) validate() error {
 	if o.maxConcurrentQueries < 1 {
 		errs = append(errs, errors.New("--max-concurrent-queries must be at least 1"))
 	}
+	if _, err := zapcore.ParseLevel(o.logLevel); err != nil {
+		errs = append(errs, fmt.Errorf("--log-level: %w", err))
+	}
 	if o.logFormat != "json" && o.logFormat != "console" {
 		errs = append(errs, fmt.Errorf("--log-format must be json or console, got %q", o.logFormat))
 	}
 	if o.leaderElect && !(o.leaseDuration > o.renewDeadline && o.renewDeadline > o.retryPeriod && o.retryPeriod > 0) {
 		errs = append(errs, errors.New("leader election needs lease duration > renew deadline > retry period > 0"))
 	}
+	if err := informer.CheckUptimeFilter(o.uptimeFilter); err != nil {
+		errs = append(errs, fmt.Errorf("--uptime-filter %q %w", o.uptimeFilter, err))
+	}
 	o.parsedPromHeaders = map[string]string{}
 	for _, h := range o.prometheusHeaders {
 		name, value, ok := strings.Cut(h, "=")
-		if !ok || strings.TrimSpace(name) == "" || strings.ContainsAny(h, "\r\n") {
+		name = strings.TrimSpace(name)
+		canonical := http.CanonicalHeaderKey(name)
+		_, twice := o.parsedPromHeaders[canonical]
+		switch err := scaler.CheckHeader(name, value); {
+		case !ok:
 			errs = append(errs, fmt.Errorf("--prometheus-header %q: want Name=value", h))
-			continue
+		case err != nil:
+			errs = append(errs, fmt.Errorf("--prometheus-header %q: %w", h, err))
+		case twice:
+			errs = append(errs, fmt.Errorf("--prometheus-header %q: %s is given twice (names are not case-sensitive)", h, canonical))
+		default:
+			o.parsedPromHeaders[canonical] = value
 		}
-		o.parsedPromHeaders[strings.TrimSpace(name)] = value
 	}
 	if o.leaderElectionNS == "" {
 		o.leaderElectionNS = podNamespace()
 	}
-	return errors.Join(errs...)
+	return joinLine(errs)
 }
+
+// joinLine joins errors into one line.
+func joinLine(errs []error) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	s := make([]string, len(errs))
+	for i, err := range errs {
+		s[i] = err.Error()
+	}
+	return errors.New(oneLine(strings.Join(s, "; ")))
+}
+
+// oneLine folds a message onto one line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+// scalerOptions are the Prometheus side of the flags; observe is told about
+// every query sent.
+func (o *options) scalerOptions(observe func(server, result string, took time.Duration)) scaler.Options {
+	return scaler.Options{
+		DefaultAddress:         o.prometheusAddress,
+		AllowedAddresses:       o.allowedAddresses,
+		BearerTokenFile:        o.bearerTokenFile,
+		Headers:                o.parsedPromHeaders,
+		AllowedWorkloadHeaders: o.allowedWorkloadHeaders,
+		ConfigFile:             o.prometheusConfig,
+		QueryTimeout:           o.queryTimeout,
+		MaxConcurrentQueries:   o.maxConcurrentQueries,
+		ShareWindow:            shareWindow,
+		ObserveQuery:           observe,
+	}
+}
+
+// shareWindow is how long one Prometheus answer serves every workload
+// asking the same question; see scaler.Options.
+const shareWindow = 500 * time.Millisecond
 
 // podNamespace is the namespace this pod runs in, or default outside a
 // cluster.

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/common/config"
-	"golang.org/x/net/http/httpguts"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/zeroscaler/zeroscaler/handler"
@@ -62,9 +62,20 @@ type Defaults struct {
 	UptimeFilter    string
 	CooldownPeriod  time.Duration
 	PollingInterval time.Duration
+	// Servers is the operator's Prometheus configuration.
+	Servers Servers
+}
+
+// Servers is what Parse asks of the operator's Prometheus configuration;
+// *scaler.Servers is one.
+type Servers interface {
 	// Allowed checks a server address against the operator's allow-list
-	// and returns its normalized form.
-	Allowed func(address string) (string, error)
+	// and returns its normalized form; its error is a reason that reads
+	// after the annotation's value.
+	Allowed(address string) (string, error)
+	// CheckWorkloadHeader says whether a workload may send the header
+	// name to the server at address (normalized; empty for the default).
+	CheckWorkloadHeader(address, name string) error
 }
 
 // FieldError says which annotation is wrong and why.
@@ -163,8 +174,8 @@ func parse(own, nsAnnotations map[string]string, namespace string, d Defaults) (
 
 	if v, ok := annotations[AnnotationThreshold]; !ok {
 		bad(AnnotationThreshold, "is missing; it must be a number")
-	} else if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
-		bad(AnnotationThreshold, "is not a finite number")
+	} else if f, err := parseThreshold(v); err != nil {
+		bad(AnnotationThreshold, err.Error())
 	} else {
 		cfg.Metadata.Threshold = f
 	}
@@ -186,22 +197,26 @@ func done(cfg handler.Config, errs []error) (handler.Config, error) {
 // carry, query or not.
 func parseTuning(annotations map[string]string, d Defaults, cfg *handler.Config, bad func(annotation, reason string)) {
 	if v, ok := annotations[AnnotationServerAddress]; ok {
-		addr, err := d.Allowed(v)
+		addr, err := d.Servers.Allowed(v)
 		if err != nil {
-			bad(AnnotationServerAddress, "is not an allowed http(s) Prometheus URL: "+err.Error())
+			bad(AnnotationServerAddress, err.Error())
 		}
 		cfg.Metadata.ServerAddress = addr
 	}
 
 	if v, ok := annotations[AnnotationUptimeFilter]; ok {
-		if strings.ContainsAny(v, "{}\r\n") {
-			bad(AnnotationUptimeFilter, "must be label matchers without braces, e.g. job=\"api\"")
+		if err := CheckUptimeFilter(v); err != nil {
+			bad(AnnotationUptimeFilter, err.Error())
 		}
 		cfg.Metadata.UptimeFilter = strings.TrimSpace(v)
 	}
 
 	if v, ok := annotations[AnnotationHeaders]; ok {
-		h, err := parseHeaders(v)
+		// With a server that is not allowed, the headers are checked
+		// against the default server's.
+		h, err := parseHeaders(v, func(name string) error {
+			return d.Servers.CheckWorkloadHeader(cfg.Metadata.ServerAddress, name)
+		})
 		if err != nil {
 			bad(AnnotationHeaders, err.Error())
 		}
@@ -273,10 +288,11 @@ func parsePeriod(v string) (time.Duration, error) {
 }
 
 // parseHeaders reads `Name=value,Name2=value2`. Names must be HTTP tokens,
-// values may hold no control characters, and headers that carry
-// credentials or framing (Authorization, Host, ...) are refused: credentials
-// come only from the operator's flags or configuration file.
-func parseHeaders(v string) (map[string]string, error) {
+// each given once in any case, values may hold no control characters, and
+// allowed(name) must accept each: only names the operator lists in
+// --allowed-workload-header pass, never one carrying credentials
+// (Authorization, Cookie, ...) nor one the operator sets for the server.
+func parseHeaders(v string, allowed func(name string) error) (map[string]string, error) {
 	out := map[string]string{}
 	for _, item := range strings.Split(v, ",") {
 		item = strings.TrimSpace(item)
@@ -285,17 +301,18 @@ func parseHeaders(v string) (map[string]string, error) {
 		}
 		name, value, ok := strings.Cut(item, "=")
 		name, value = strings.TrimSpace(name), strings.TrimSpace(value)
-		switch {
-		case !ok:
+		if !ok {
 			return nil, fmt.Errorf("has %q without '='; write Name=value,Name2=value2", item)
-		case !httpguts.ValidHeaderFieldName(name):
-			return nil, fmt.Errorf("has %q, which is not a valid header name", name)
-		case strings.ContainsAny(value, "\r\n") || !httpguts.ValidHeaderFieldValue(value):
-			return nil, fmt.Errorf("has a value for %s with control characters", name)
+		}
+		if err := scaler.CheckHeader(name, value); err != nil {
+			return nil, fmt.Errorf("is wrong: %w", err)
 		}
 		canonical := http.CanonicalHeaderKey(name)
-		if _, reserved := config.ReservedHeaders[canonical]; reserved || canonical == "Cookie" {
-			return nil, fmt.Errorf("sets %s, which zeroscaler does not allow from annotations", canonical)
+		if _, twice := out[canonical]; twice {
+			return nil, fmt.Errorf("sets %s twice (header names are not case-sensitive)", canonical)
+		}
+		if err := allowed(canonical); err != nil {
+			return nil, err
 		}
 		out[canonical] = value
 	}
@@ -303,6 +320,40 @@ func parseHeaders(v string) (map[string]string, error) {
 		return nil, nil
 	}
 	return out, nil
+}
+
+// parseThreshold reads a finite number. A number too small for a float64
+// is refused rather than read as 0 (strconv reads 1e-400 as 0 without an
+// error), and so is a subnormal one, which has lost most of its digits.
+func parseThreshold(v string) (float64, error) {
+	v = strings.TrimSpace(v)
+	f, err := strconv.ParseFloat(v, 64)
+	switch {
+	case err != nil || math.IsNaN(f) || math.IsInf(f, 0):
+		return 0, errors.New("is not a finite number")
+	case f == 0 && nonZeroMantissa(v):
+		return 0, errors.New("is too close to zero to be told from it; use 0 or a larger number")
+	case f != 0 && math.Abs(f) < minNormal:
+		return 0, errors.New("is too close to zero to be read exactly; use 0 or a larger number")
+	}
+	return f, nil
+}
+
+// minNormal is the smallest positive normal float64.
+const minNormal = 0x1p-1022
+
+// nonZeroMantissa reports whether a number ParseFloat accepted has a
+// non-zero digit before its exponent.
+func nonZeroMantissa(v string) bool {
+	v = strings.TrimLeft(v, "+-")
+	digits, exp := "123456789", "eE"
+	if len(v) > 1 && v[0] == '0' && (v[1] == 'x' || v[1] == 'X') {
+		v, digits, exp = v[2:], "123456789abcdefABCDEF", "pP"
+	}
+	if i := strings.IndexAny(v, exp); i >= 0 {
+		v = v[:i]
+	}
+	return strings.ContainsAny(v, digits)
 }
 
 // joinErrors keeps the message on one line, so it fits an Event and a log
@@ -325,3 +376,31 @@ func (m multiError) Error() string {
 }
 
 func (m multiError) Unwrap() []error { return m }
+
+// CheckUptimeFilter says what is wrong with label matchers for the health
+// query up{...}, if anything. Prometheus' own parser reads them, so that
+// what passes here is what Prometheus accepts.
+func CheckUptimeFilter(f string) error {
+	if strings.TrimSpace(f) == "" {
+		return errors.New(`is empty; it must be label matchers such as job="api"`)
+	}
+	if strings.ContainsAny(f, "{}\r\n") {
+		return errors.New(`must be label matchers without braces, e.g. job="api"`)
+	}
+	matchers, err := promqlParser.ParseMetricSelector("up{" + f + "}")
+	if err != nil {
+		return fmt.Errorf(`is not a list of label matchers such as job="api": %s`, oneLine(err.Error()))
+	}
+	for _, m := range matchers {
+		if m.Name == labels.MetricName && !(m.Type == labels.MatchEqual && m.Value == "up") {
+			return errors.New("must not match on __name__: the health query reads up")
+		}
+	}
+	return nil
+}
+
+// promqlParser is Prometheus' PromQL parser with its default options.
+var promqlParser = parser.NewParser(parser.Options{})
+
+// oneLine keeps a message on one line, for an Event and a log line.
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/prometheus/promql/parser"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/zeroscaler/zeroscaler/handler"
@@ -26,10 +27,12 @@ const (
 func testDefaults(t testing.TB) Defaults {
 	t.Helper()
 	servers, err := scaler.NewServers(scaler.Options{
-		DefaultAddress:       defaultServer,
-		AllowedAddresses:     []string{allowedServer},
-		QueryTimeout:         time.Second,
-		MaxConcurrentQueries: 1,
+		DefaultAddress:         defaultServer,
+		AllowedAddresses:       []string{allowedServer},
+		Headers:                map[string]string{"X-Operator": "ops"},
+		AllowedWorkloadHeaders: []string{"X-Scope-OrgID", "x-tenant", "X-OK", "X-B", "X-Operator"},
+		QueryTimeout:           time.Second,
+		MaxConcurrentQueries:   1,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -38,7 +41,7 @@ func testDefaults(t testing.TB) Defaults {
 		UptimeFilter:    `job="prometheus"`,
 		CooldownPeriod:  5 * time.Minute,
 		PollingInterval: 30 * time.Second,
-		Allowed:         servers.Allowed,
+		Servers:         servers,
 	}
 }
 
@@ -91,6 +94,15 @@ func TestParse(t *testing.T) {
 		{name: "threshold Inf", set: map[string]string{AnnotationThreshold: "Inf"}, wantBad: []string{AnnotationThreshold}},
 		{name: "threshold -Inf", set: map[string]string{AnnotationThreshold: "-Inf"}, wantBad: []string{AnnotationThreshold}},
 		{name: "threshold overflows", set: map[string]string{AnnotationThreshold: "1e400"}, wantBad: []string{AnnotationThreshold}},
+		{name: "threshold underflows", set: map[string]string{AnnotationThreshold: "1e-400"}, wantBad: []string{AnnotationThreshold}},
+		{name: "threshold underflows, negative", set: map[string]string{AnnotationThreshold: "-2.5e-330"}, wantBad: []string{AnnotationThreshold}},
+		{name: "threshold underflows, hex", set: map[string]string{AnnotationThreshold: "0x1p-1100"}, wantBad: []string{AnnotationThreshold}},
+		{name: "threshold subnormal", set: map[string]string{AnnotationThreshold: "4e-320"}, wantBad: []string{AnnotationThreshold}},
+		{name: "threshold smallest normal", set: map[string]string{AnnotationThreshold: "2.2250738585072014e-308"}, want: func(c *handler.Config) { c.Metadata.Threshold = 0x1p-1022 }},
+		{name: "threshold tiny but normal", set: map[string]string{AnnotationThreshold: "1e-300"}, want: func(c *handler.Config) { c.Metadata.Threshold = 1e-300 }},
+		{name: "threshold zero with exponent", set: map[string]string{AnnotationThreshold: "0.000e-999"}, want: func(c *handler.Config) { c.Metadata.Threshold = 0 }},
+		{name: "threshold hex zero", set: map[string]string{AnnotationThreshold: "0x0p-2000"}, want: func(c *handler.Config) { c.Metadata.Threshold = 0 }},
+		{name: "threshold negative zero", set: map[string]string{AnnotationThreshold: "-0"}, want: func(c *handler.Config) { c.Metadata.Threshold = 0 }},
 
 		// server-address
 		{name: "server address default", set: map[string]string{AnnotationServerAddress: defaultServer}, want: func(c *handler.Config) { c.Metadata.ServerAddress = defaultServer }},
@@ -103,6 +115,7 @@ func TestParse(t *testing.T) {
 		{name: "server address without scheme", set: map[string]string{AnnotationServerAddress: "prometheus.monitoring:9090"}, wantBad: []string{AnnotationServerAddress}},
 		{name: "server address with userinfo", set: map[string]string{AnnotationServerAddress: "http://admin:hunter2@prometheus.monitoring:9090"}, wantBad: []string{AnnotationServerAddress}},
 		{name: "server address empty", set: map[string]string{AnnotationServerAddress: ""}, wantBad: []string{AnnotationServerAddress}},
+		{name: "server address not allowed, with an allowed header", set: map[string]string{AnnotationServerAddress: "http://attacker.example", AnnotationHeaders: "X-Tenant=a"}, wantBad: []string{AnnotationServerAddress}},
 
 		// uptime-filter
 		{name: "uptime filter", set: map[string]string{AnnotationUptimeFilter: ` job="api", namespace="shop" `}, want: func(c *handler.Config) { c.Metadata.UptimeFilter = `job="api", namespace="shop"` }},
@@ -110,6 +123,17 @@ func TestParse(t *testing.T) {
 		{name: "uptime filter with braces", set: map[string]string{AnnotationUptimeFilter: `{job="api"}`}, wantBad: []string{AnnotationUptimeFilter}},
 		{name: "uptime filter closing brace", set: map[string]string{AnnotationUptimeFilter: `job="api"}) or vector(1`}, wantBad: []string{AnnotationUptimeFilter}},
 		{name: "uptime filter with newline", set: map[string]string{AnnotationUptimeFilter: "job=\"api\"\n"}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter empty", set: map[string]string{AnnotationUptimeFilter: ""}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter blank", set: map[string]string{AnnotationUptimeFilter: "  "}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter unterminated string", set: map[string]string{AnnotationUptimeFilter: `job="x`}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter without operator", set: map[string]string{AnnotationUptimeFilter: `job`}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter unquoted value", set: map[string]string{AnnotationUptimeFilter: `job=api`}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter bad regexp", set: map[string]string{AnnotationUptimeFilter: `job=~"("`}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter bad label name", set: map[string]string{AnnotationUptimeFilter: `1job="a"`}, wantBad: []string{AnnotationUptimeFilter}},
+		{name: "uptime filter trailing comma", set: map[string]string{AnnotationUptimeFilter: `job="a",`}, want: func(c *handler.Config) { c.Metadata.UptimeFilter = `job="a",` }},
+		{name: "uptime filter single quotes and not-equal", set: map[string]string{AnnotationUptimeFilter: `job='a', env!="dev", zone!~"x.*"`}, want: func(c *handler.Config) { c.Metadata.UptimeFilter = `job='a', env!="dev", zone!~"x.*"` }},
+		{name: "uptime filter escaped quote", set: map[string]string{AnnotationUptimeFilter: `job="a\"b"`}, want: func(c *handler.Config) { c.Metadata.UptimeFilter = `job="a\"b"` }},
+		{name: "uptime filter injection", set: map[string]string{AnnotationUptimeFilter: `job="a"} or vector(1) or up{job="b"`}, wantBad: []string{AnnotationUptimeFilter}},
 
 		// headers
 		{name: "headers one", set: map[string]string{AnnotationHeaders: "X-Scope-OrgID=team-a"}, want: func(c *handler.Config) {
@@ -132,6 +156,14 @@ func TestParse(t *testing.T) {
 		{name: "headers Cookie refused", set: map[string]string{AnnotationHeaders: "Cookie=session=x"}, wantBad: []string{AnnotationHeaders}},
 		{name: "headers Host refused", set: map[string]string{AnnotationHeaders: "Host=evil.example"}, wantBad: []string{AnnotationHeaders}},
 		{name: "headers missing =", set: map[string]string{AnnotationHeaders: "X-Scope-OrgID"}, wantBad: []string{AnnotationHeaders}},
+		{name: "headers names differing in case", set: map[string]string{AnnotationHeaders: "X-Tenant=a,x-tenant=b"}, wantBad: []string{AnnotationHeaders}},
+		{name: "headers same name twice", set: map[string]string{AnnotationHeaders: "X-Tenant=a,X-Tenant=a"}, wantBad: []string{AnnotationHeaders}},
+		{name: "headers not on --allowed-workload-header", set: map[string]string{AnnotationHeaders: "X-Tenant=a,X-Forwarded-User=admin"}, wantBad: []string{AnnotationHeaders}},
+		{name: "headers set by the operator for the server", set: map[string]string{AnnotationHeaders: "x-operator=team-b"}, wantBad: []string{AnnotationHeaders}},
+		{name: "headers set by the operator for another server", set: map[string]string{AnnotationServerAddress: allowedServer, AnnotationHeaders: "x-operator=team-b"}, want: func(c *handler.Config) {
+			c.Metadata.ServerAddress = allowedServer
+			c.Metadata.Headers = map[string]string{"X-Operator": "team-b"}
+		}},
 		{name: "headers colon instead of =", set: map[string]string{AnnotationHeaders: "X-Scope-OrgID: team-a"}, wantBad: []string{AnnotationHeaders}},
 
 		// cooldown-period
@@ -327,6 +359,11 @@ func FuzzParse(f *testing.F) {
 	f.Add("q", "-0", allowedServer, "", "=,", "1s", "1s", "2147483647", "F", uint16(0x1ff))
 	f.Add("up", "1", "", "", "", "999ms", "1s", "1", "false", uint16(483))
 	f.Add("q\x00", "0x1p-2", "http://[::1]:9090", `a="}"`, "Cookie=a", "9223372036854775807ns", "1h", "1.0", "1", uint16(0x1ff))
+	f.Add("up", "1e-400", "", `job="x`, "X-Tenant=a,x-tenant=b", "1s", "1s", "1", "false", uint16(0x1ff))
+	f.Add("up", "4e-320", "", `job=~"("`, "X-Forwarded-User=admin", "1s", "1s", "1", "false", uint16(0x1ff))
+	f.Add("up", "-0x1p-1074", "", "", "X-Operator=b", "1s", "1s", "1", "false", uint16(0x1ff))
+	f.Add("up", "0.0e-999", "", `job="a",env!~"dev|test"`, "X-Scope-OrgID=a", "1s", "1s", "1", "false", uint16(0x1ff))
+	f.Add("up", "2.2250738585072014e-308", "", `__name__="x"`, "X-B=1", "1s", "1s", "1", "false", uint16(0x1ff))
 
 	d := testDefaults(f)
 	names := []string{
@@ -370,8 +407,11 @@ func FuzzParse(f *testing.F) {
 		if cfg.MinReplicas < 1 {
 			t.Errorf("MinReplicas = %d", cfg.MinReplicas)
 		}
-		if math.IsNaN(cfg.Metadata.Threshold) || math.IsInf(cfg.Metadata.Threshold, 0) {
-			t.Errorf("threshold %v is not finite", cfg.Metadata.Threshold)
+		if th := cfg.Metadata.Threshold; math.IsNaN(th) || math.IsInf(th, 0) || (th != 0 && math.Abs(th) < 0x1p-1022) {
+			t.Errorf("threshold %v is not finite or is subnormal", th)
+		}
+		if cfg.Metadata.Threshold == 0 && strings.ContainsAny(strings.Split(strings.ToLower(threshold), "e")[0], "123456789") && !strings.Contains(strings.ToLower(threshold), "x") {
+			t.Errorf("threshold %q read as 0", threshold)
 		}
 		if q := cfg.Metadata.Query; q == "" || q != strings.TrimSpace(q) {
 			t.Errorf("query %q is empty or untrimmed", q)
@@ -381,6 +421,9 @@ func FuzzParse(f *testing.F) {
 		}
 		if strings.ContainsAny(cfg.Metadata.UptimeFilter, "{}\r\n") {
 			t.Errorf("uptime filter %q has braces or line breaks", cfg.Metadata.UptimeFilter)
+		}
+		if _, err := parser.NewParser(parser.Options{}).ParseExpr(scaler.HealthQuery(cfg.Metadata.UptimeFilter, cfg.CooldownPeriod)); err != nil {
+			t.Errorf("health query for filter %q is not PromQL: %v", cfg.Metadata.UptimeFilter, err)
 		}
 		for name, value := range cfg.Metadata.Headers {
 			if !httpguts.ValidHeaderFieldName(name) || name != http.CanonicalHeaderKey(name) {

@@ -2,7 +2,6 @@ package informer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -66,12 +65,16 @@ var informerTestDefaults = Defaults{
 	UptimeFilter:    `job="prometheus"`,
 	CooldownPeriod:  5 * time.Minute,
 	PollingInterval: 30 * time.Second,
-	Allowed: func(address string) (string, error) {
-		if address != "http://prometheus:9090" && address != "http://prometheus:9090/" {
-			return "", errors.New("not in the allow-list")
-		}
-		return "http://prometheus:9090", nil
-	},
+	Servers:         testServers("http://prometheus:9090"),
+}
+
+// testServers allows one Prometheus, and the workload header X-Scope-OrgID.
+func testServers(address string) *scaler.Servers {
+	s, err := scaler.NewServers(scaler.Options{DefaultAddress: address, AllowedWorkloadHeaders: []string{"X-Scope-OrgID"}, QueryTimeout: time.Second, MaxConcurrentQueries: 1})
+	if err != nil {
+		panic(err)
+	}
+	return s
 }
 
 // fullDeployment is a Deployment as the API server sends it, with
@@ -346,7 +349,7 @@ func TestChanged(t *testing.T) {
 				AnnotationQuery: " ", AnnotationThreshold: "1", AnnotationCooldownPeriod: "10ms", AnnotationServerAddress: "http://evil:9090",
 			})),
 			want:    []handlerCall{{cfg: handler.Config{Ref: web, Mode: handler.Invalid}}},
-			wantErr: []string{AnnotationQuery, AnnotationCooldownPeriod, AnnotationServerAddress, "not in the allow-list"},
+			wantErr: []string{AnnotationQuery, AnnotationCooldownPeriod, AnnotationServerAddress, "--allowed-server-address"},
 		},
 		{
 			name: "query removed from a sleeping workload",

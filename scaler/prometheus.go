@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"maps"
 	"net/http"
 	"sync"
 	"time"
@@ -89,14 +90,18 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 	if md.ServerAddress == servers.defaultAddress {
 		s.defaultHeaders = servers.defaultHeaders
 	}
-	// The operator's headers win over a workload's of the same name, so
-	// that a header fencing tenants (X-Scope-OrgID) cannot be overridden.
+	// Parsing refused the workload headers the operator does not allow,
+	// or sets for this server; this is a second lock on that door, so that
+	// an operator's header (a tenant) reaches the server once, with the
+	// operator's value.
 	headers := map[string]string{}
-	for _, h := range []map[string]string{md.Headers, s.defaultHeaders} {
-		for k, v := range h {
-			headers[http.CanonicalHeaderKey(k)] = v
+	for k, v := range md.Headers {
+		if err := servers.CheckWorkloadHeader(md.ServerAddress, k); err != nil {
+			return nil, fmt.Errorf("workload header: %w", err)
 		}
+		headers[http.CanonicalHeaderKey(k)] = v
 	}
+	maps.Copy(headers, s.defaultHeaders)
 	s.metric = newQuestion(md.ServerAddress, md.Query, headers)
 	return s, nil
 }

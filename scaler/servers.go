@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v2"
+	"golang.org/x/net/http/httpguts"
 	"k8s.io/utils/clock"
 )
 
@@ -32,8 +33,13 @@ type Options struct {
 	// to them.
 	AllowedAddresses []string
 	// BearerTokenFile and Headers are credentials for DefaultAddress only.
+	// Header names are canonical and distinct (see CheckHeader).
 	BearerTokenFile string
 	Headers         map[string]string
+	// AllowedWorkloadHeaders are the header names, in any case, that
+	// workloads may set in zeroscaler.io/headers
+	// (--allowed-workload-header). None by default.
+	AllowedWorkloadHeaders []string
 	// ConfigFile names servers with Prometheus' own HTTP client
 	// configuration; each is allowed and gets only its own credentials.
 	ConfigFile string
@@ -75,11 +81,13 @@ type ServerConfig struct {
 type Servers struct {
 	defaultAddress string
 	defaultHeaders map[string]string
-	byAddress      map[string]*server
-	timeout        time.Duration
-	shareWindow    time.Duration
-	clock          clock.PassiveClock
-	observe        func(server, result string, took time.Duration)
+	// workloadHeaders are the canonical names on --allowed-workload-header.
+	workloadHeaders map[string]bool
+	byAddress       map[string]*server
+	timeout         time.Duration
+	shareWindow     time.Duration
+	clock           clock.PassiveClock
+	observe         func(server, result string, took time.Duration)
 }
 
 // server is one Prometheus with its own transport, concurrency bound and
@@ -89,6 +97,11 @@ type server struct {
 	client  *http.Client
 	api     api.Client
 	slots   chan struct{}
+	// fixed are the canonical names of the headers the operator sets for
+	// this server (http_headers in --prometheus-config, --prometheus-header
+	// for the default server): each reaches it once, with the operator's
+	// value, and no workload may send one.
+	fixed map[string]bool
 
 	mu      sync.Mutex
 	answers map[string]answer
@@ -126,15 +139,26 @@ func NewServers(o Options) (*Servers, error) {
 	}
 	headers := make(map[string]string, len(o.Headers))
 	for k, v := range o.Headers {
+		if err := CheckHeader(k, v); err != nil {
+			return nil, fmt.Errorf("--prometheus-header: %w", err)
+		}
 		headers[http.CanonicalHeaderKey(k)] = v
 	}
+	if len(headers) != len(o.Headers) {
+		return nil, errors.New("--prometheus-header: a header is given twice (names are not case-sensitive)")
+	}
+	workloadHeaders, err := workloadHeaderNames(o.AllowedWorkloadHeaders)
+	if err != nil {
+		return nil, err
+	}
 	s := &Servers{
-		defaultHeaders: headers,
-		byAddress:      map[string]*server{},
-		timeout:        o.QueryTimeout,
-		shareWindow:    o.ShareWindow,
-		clock:          o.Clock,
-		observe:        o.ObserveQuery,
+		defaultHeaders:  headers,
+		workloadHeaders: workloadHeaders,
+		byAddress:       map[string]*server{},
+		timeout:         o.QueryTimeout,
+		shareWindow:     o.ShareWindow,
+		clock:           o.Clock,
+		observe:         o.ObserveQuery,
 	}
 	add := func(addr string, cfg config.HTTPClientConfig) error {
 		norm, err := NormalizeAddress(addr)
@@ -174,21 +198,26 @@ func NewServers(o Options) (*Servers, error) {
 		return nil, fmt.Errorf("--prometheus-address: %w", err)
 	}
 	s.defaultAddress = def
-	if _, inFile := s.byAddress[def]; inFile {
+	if srv, inFile := s.byAddress[def]; inFile {
 		if o.BearerTokenFile != "" {
 			return nil, fmt.Errorf("server %s: give its bearer token in --prometheus-config, not --prometheus-bearer-token-file", def)
 		}
+		for name := range headers {
+			if srv.fixed[name] {
+				return nil, fmt.Errorf("--prometheus-header %s: server %s sets it in --prometheus-config already", name, def)
+			}
+		}
 	} else {
-		cfg := config.DefaultHTTPClientConfig
-		// A redirect would carry the flag credentials (the bearer token
-		// and --prometheus-header) to another server.
-		cfg.FollowRedirects = false
+		cfg := noRedirects()
 		if o.BearerTokenFile != "" {
 			cfg.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: o.BearerTokenFile}
 		}
 		if err := add(def, cfg); err != nil {
 			return nil, err
 		}
+	}
+	for name := range headers {
+		s.byAddress[def].fixed[name] = true
 	}
 	for _, a := range o.AllowedAddresses {
 		norm, err := NormalizeAddress(a)
@@ -198,11 +227,83 @@ func NewServers(o Options) (*Servers, error) {
 		if _, ok := s.byAddress[norm]; ok {
 			continue
 		}
-		if err := add(norm, config.DefaultHTTPClientConfig); err != nil {
+		if err := add(norm, noRedirects()); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// noRedirects is the client configuration of a server given by flags. It
+// follows no redirect: one would carry the workload's headers, and for the
+// default server the flag credentials, to a server nobody allowed. Only a
+// --prometheus-config entry may follow redirects, with follow_redirects:
+// true.
+func noRedirects() config.HTTPClientConfig {
+	cfg := config.DefaultHTTPClientConfig
+	cfg.FollowRedirects = false
+	return cfg
+}
+
+// workloadHeaderNames checks --allowed-workload-header and returns the
+// canonical names.
+func workloadHeaderNames(names []string) (map[string]bool, error) {
+	out := make(map[string]bool, len(names))
+	for _, n := range names {
+		if err := CheckHeader(n, ""); err != nil {
+			return nil, fmt.Errorf("--allowed-workload-header: %w", err)
+		}
+		c := http.CanonicalHeaderKey(n)
+		if reservedHeader(c) {
+			return nil, fmt.Errorf("--allowed-workload-header %s: zeroscaler never takes this header from a workload (credentials or framing)", c)
+		}
+		out[c] = true
+	}
+	return out, nil
+}
+
+// reservedHeader reports whether a canonical header name carries
+// credentials or framing, which zeroscaler never takes from a workload.
+func reservedHeader(canonical string) bool {
+	_, reserved := config.ReservedHeaders[canonical]
+	return reserved || canonical == "Cookie"
+}
+
+// CheckHeader says what is wrong with a header, if anything: its name must
+// be an HTTP token and its value free of control characters (CR, LF, NUL
+// and the like). It is the one check for headers from flags, files and
+// annotations.
+func CheckHeader(name, value string) error {
+	switch {
+	case name == "":
+		return errors.New("a header name is empty")
+	case !httpguts.ValidHeaderFieldName(name):
+		return fmt.Errorf("%q is not a valid header name", name)
+	case !httpguts.ValidHeaderFieldValue(value):
+		return fmt.Errorf("the value of %s has control characters", name)
+	}
+	return nil
+}
+
+// CheckWorkloadHeader says whether a workload may send the header name to
+// the server at address (normalised; empty for the default server): the
+// name must be on --allowed-workload-header, and the operator must not set
+// that header for that server.
+func (s *Servers) CheckWorkloadHeader(address, name string) error {
+	c := http.CanonicalHeaderKey(name)
+	if reservedHeader(c) {
+		return fmt.Errorf("sets %s, which zeroscaler never takes from a workload", c)
+	}
+	if !s.workloadHeaders[c] {
+		return fmt.Errorf("sets %s, which is not on --allowed-workload-header", c)
+	}
+	if address == "" {
+		address = s.defaultAddress
+	}
+	if srv, ok := s.byAddress[address]; ok && srv.fixed[c] {
+		return fmt.Errorf("sets %s, which the operator sets for this server", c)
+	}
+	return nil
 }
 
 // LoadFileConfig reads --prometheus-config. Relative file names in it are
@@ -222,16 +323,46 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 			return nil, fmt.Errorf("prometheus config %s: servers[%d].url is empty", path, i)
 		}
 		sc.HTTPClientConfig.SetDirectory(filepath.Dir(path))
-		// A redirect would carry this server's credentials elsewhere.
-		sc.HTTPClientConfig.FollowRedirects = false
+		// HTTPClientConfig is inlined, so Prometheus' defaults are not
+		// applied: follow_redirects is false unless the entry sets it.
 		if err := sc.HTTPClientConfig.Validate(); err != nil {
+			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
+		}
+		if _, err := fileHeaderNames(sc.HTTPClientConfig); err != nil {
 			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
 		}
 	}
 	return fc, nil
 }
 
+// fileHeaderNames returns the canonical names a --prometheus-config entry
+// sets in http_headers, refusing two that differ only in case: both would
+// be sent.
+func fileHeaderNames(cfg config.HTTPClientConfig) (map[string]bool, error) {
+	out := map[string]bool{}
+	if cfg.HTTPHeaders == nil {
+		return out, nil
+	}
+	for name, h := range cfg.HTTPHeaders.Headers {
+		c := http.CanonicalHeaderKey(name)
+		if out[c] {
+			return nil, fmt.Errorf("http_headers sets %s twice (names are not case-sensitive)", c)
+		}
+		for _, v := range h.Values {
+			if err := CheckHeader(name, v); err != nil {
+				return nil, fmt.Errorf("http_headers: %w", err)
+			}
+		}
+		out[c] = true
+	}
+	return out, nil
+}
+
 func newServer(addr string, cfg config.HTTPClientConfig, slots int) (*server, error) {
+	fixed, err := fileHeaderNames(cfg)
+	if err != nil {
+		return nil, err
+	}
 	client, err := config.NewClientFromConfig(cfg, "zeroscaler")
 	if err != nil {
 		return nil, err
@@ -245,6 +376,7 @@ func newServer(addr string, cfg config.HTTPClientConfig, slots int) (*server, er
 		client:  client,
 		api:     apiClient,
 		slots:   make(chan struct{}, slots),
+		fixed:   fixed,
 		answers: map[string]answer{},
 		asking:  map[string]*asking{},
 	}, nil
@@ -276,17 +408,23 @@ func NormalizeAddress(addr string) (string, error) {
 func (s *Servers) DefaultAddress() string { return s.defaultAddress }
 
 // Allowed returns the normalized address if addr is a server the operator
-// allowed, and an error saying why not otherwise.
+// allowed, and an error saying why not otherwise. The error, which reaches
+// Events that namespace users read, names the flags that govern the
+// allow-list but not the servers on it; Addresses lists them for the
+// daemon's log.
 func (s *Servers) Allowed(addr string) (string, error) {
 	norm, err := NormalizeAddress(addr)
 	if err != nil {
 		return "", err
 	}
 	if _, ok := s.byAddress[norm]; !ok {
-		return "", fmt.Errorf("%s is not an allowed Prometheus server (allowed: %s)", norm, strings.Join(s.addresses(), ", "))
+		return "", errors.New("is not a Prometheus server the operator allowed (--prometheus-address, --allowed-server-address, --prometheus-config)")
 	}
 	return norm, nil
 }
+
+// Addresses lists every allowed server, sorted.
+func (s *Servers) Addresses() []string { return s.addresses() }
 
 func (s *Servers) addresses() []string {
 	out := make([]string, 0, len(s.byAddress))

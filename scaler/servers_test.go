@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,26 +69,97 @@ func TestFlagCredentialsOnlyToDefaultServer(t *testing.T) {
 	}
 }
 
-// A workload's own headers are sent to the server it names, but never
-// replace the operator's header of the same name (given in any case).
-func TestWorkloadHeadersSent(t *testing.T) {
-	def := newPromStub(t, reply(200, vector("1")))
-	servers := mustServers(t, testOptions(def.URL, func(o *Options) {
-		o.Headers = map[string]string{"x-scope-orgid": "operator"}
+// A header the operator sets for a server, by flag or in the config file,
+// reaches that server exactly once with the operator's value: a workload
+// can neither add a second value nor replace it, in any case (issue 9
+// item 1). Every value of every header is checked, not Header.Get.
+func TestOperatorHeadersExactlyOnce(t *testing.T) {
+	flagServer := newPromStub(t, reply(200, vector("1")))
+	fileServer := newPromStub(t, reply(200, vector("1")))
+	cfg := writeFile(t, t.TempDir(), "p.yaml", "servers:\n- url: "+fileServer.URL+"\n  http_headers:\n    X-Scope-OrgID: {values: [ops]}\n")
+	servers := mustServers(t, testOptions(flagServer.URL, func(o *Options) {
+		o.ConfigFile = cfg
+		o.Headers = map[string]string{"X-Scope-Orgid": "operator"}
 	}))
-	s := mustNew(t, servers, Metadata{Query: "q", Threshold: 1, Headers: map[string]string{"X-Scope-OrgID": "team-a", "X-Extra": "1"}}, time.Minute)
-	if _, err := s.ShouldScaleFromZero(context.Background()); err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		name    string
+		address string
+		stub    *promStub
+		want    string
+	}{
+		{"flag server", "", flagServer, "operator"},
+		{"file server", fileServer.URL, fileServer, "ops"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, name := range []string{"X-Scope-OrgID", "x-scope-orgid", "X-SCOPE-ORGID"} {
+				if err := servers.CheckWorkloadHeader(tt.address, name); err == nil {
+					t.Errorf("CheckWorkloadHeader(%s) accepted the operator's header", name)
+				}
+				md := Metadata{ServerAddress: tt.address, Query: "q", Threshold: 1, Headers: map[string]string{name: "team-b"}}
+				if s, err := New(servers, md, time.Minute); err == nil {
+					_, _ = s.ShouldScaleToZero(context.Background())
+					t.Errorf("New accepted the workload header %s", name)
+				}
+			}
+			s := mustNew(t, servers, Metadata{ServerAddress: tt.address, Query: "q", Threshold: 1, Headers: map[string]string{"X-Extra": "1"}}, time.Minute)
+			if _, err := s.ShouldScaleToZero(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.ConfirmIdle(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			reqs := tt.stub.requests()
+			if len(reqs) != 2 {
+				t.Errorf("%d requests, want 2", len(reqs))
+			}
+			for _, r := range reqs {
+				if got := r.Header["X-Scope-Orgid"]; !slices.Equal(got, []string{tt.want}) {
+					t.Errorf("%s: X-Scope-OrgID values %q, want [%s]", r.Query, got, tt.want)
+				}
+				if got := r.Header["X-Extra"]; !slices.Equal(got, []string{"1"}) {
+					t.Errorf("%s: X-Extra values %q, want [1]", r.Query, got)
+				}
+				for name, values := range r.Header {
+					if len(values) != 1 {
+						t.Errorf("%s: header %s sent %d times: %q", r.Query, name, len(values), values)
+					}
+				}
+			}
+		})
 	}
-	reqs := def.requests()
-	if len(reqs) != 1 {
-		t.Fatalf("got %d requests, want 1", len(reqs))
+}
+
+// Workload headers are an allow-list the operator owns (issue 9 item 2).
+func TestWorkloadHeaderAllowList(t *testing.T) {
+	servers := mustServers(t, testOptions("http://prom.example:9090", func(o *Options) {
+		o.AllowedWorkloadHeaders = []string{"x-scope-orgid"}
+	}))
+	for _, name := range []string{"X-Scope-OrgID", "x-scope-orgid"} {
+		if err := servers.CheckWorkloadHeader("", name); err != nil {
+			t.Errorf("%s refused: %v", name, err)
+		}
 	}
-	if got := reqs[0].Header.Values("X-Scope-OrgID"); len(got) != 1 || got[0] != "operator" {
-		t.Errorf("X-Scope-OrgID = %q, want [operator]", got)
+	for _, name := range []string{"X-Forwarded-For", "X-Forwarded-User", "X-Remote-User", "X-Auth-Request-User", "Forwarded", "Set-Cookie", "X-Api-Key", "Te", "Upgrade", "Expect", "Transfer-Encoding", "Authorization", "Cookie"} {
+		err := servers.CheckWorkloadHeader("", name)
+		if err == nil {
+			t.Errorf("%s accepted", name)
+			continue
+		}
+		if !strings.Contains(err.Error(), http.CanonicalHeaderKey(name)) {
+			t.Errorf("error %q does not name %s", err, name)
+		}
+		if !reservedHeader(http.CanonicalHeaderKey(name)) && !strings.Contains(err.Error(), "--allowed-workload-header") {
+			t.Errorf("error %q does not name the flag", err)
+		}
 	}
-	if got := reqs[0].Header.Get("X-Extra"); got != "1" {
-		t.Errorf("X-Extra = %q, want 1", got)
+	none := mustServers(t, testOptions("http://prom.example:9090", func(o *Options) { o.AllowedWorkloadHeaders = nil }))
+	if err := none.CheckWorkloadHeader("", "X-Scope-OrgID"); err == nil {
+		t.Error("a header was accepted with no --allowed-workload-header")
+	}
+	for _, bad := range [][]string{{"Authorization"}, {"cookie"}, {"X Bad"}, {""}, {"Host"}} {
+		if _, err := NewServers(testOptions("http://prom.example:9090", func(o *Options) { o.AllowedWorkloadHeaders = bad })); err == nil || !strings.Contains(err.Error(), "--allowed-workload-header") {
+			t.Errorf("--allowed-workload-header %q: %v", bad, err)
+		}
 	}
 }
 
@@ -137,6 +209,7 @@ func TestCredentialsNotFollowedAcrossRedirect(t *testing.T) {
 }
 
 func TestAllowed(t *testing.T) {
+	const notAllowed = "not a Prometheus server the operator allowed (--prometheus-address, --allowed-server-address, --prometheus-config)"
 	servers := mustServers(t, testOptions("http://prom.example:9090", func(o *Options) {
 		o.AllowedAddresses = []string{"https://thanos.example/query/", "http://10.0.0.7:9090"}
 	}))
@@ -151,11 +224,11 @@ func TestAllowed(t *testing.T) {
 		{addr: "https://thanos.example/query", want: "https://thanos.example/query"},
 		{addr: "https://thanos.example/query/", want: "https://thanos.example/query"},
 		{addr: "http://10.0.0.7:9090/", want: "http://10.0.0.7:9090"},
-		{addr: "http://evil.example:9090", wantErr: "not an allowed"},
-		{addr: "http://prom.example:9091", wantErr: "not an allowed"},
-		{addr: "https://prom.example:9090", wantErr: "not an allowed"},
-		{addr: "https://thanos.example", wantErr: "not an allowed"},
-		{addr: "https://thanos.example/query/other", wantErr: "not an allowed"},
+		{addr: "http://evil.example:9090", wantErr: notAllowed},
+		{addr: "http://prom.example:9091", wantErr: notAllowed},
+		{addr: "https://prom.example:9090", wantErr: notAllowed},
+		{addr: "https://thanos.example", wantErr: notAllowed},
+		{addr: "https://thanos.example/query/other", wantErr: notAllowed},
 		{addr: "http://user:pass@prom.example:9090", wantErr: "credentials"},
 		{addr: "http://user@prom.example:9090", wantErr: "credentials"},
 		{addr: "ftp://prom.example:9090", wantErr: "scheme"},
@@ -174,6 +247,13 @@ func TestAllowed(t *testing.T) {
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Allowed(%q) = %q, %v; want an error containing %q", tt.addr, got, err, tt.wantErr)
+				}
+				// Namespace users read this in Events: it names the flag,
+				// never the servers on the list.
+				for _, a := range servers.Addresses() {
+					if tt.wantErr == notAllowed && strings.Contains(err.Error(), a) {
+						t.Errorf("error %q lists the allowed server %s", err, a)
+					}
 				}
 				if got != "" {
 					t.Errorf("Allowed(%q) returned %q with its error", tt.addr, got)
@@ -774,5 +854,60 @@ func TestAbandonedQuestionAskedAgain(t *testing.T) {
 	unblock()
 	if r := <-waited; r.err != nil || !r.active {
 		t.Errorf("waiting caller got %v, %v; want true, nil", r.active, r.err)
+	}
+}
+
+// Redirects are followed only for a --prometheus-config entry that sets
+// follow_redirects: true; never for a server given by flags (issue 9 item
+// 3): a redirect would carry the workload's headers to a server nobody
+// allowed.
+func TestRedirects(t *testing.T) {
+	tests := []struct {
+		name       string
+		options    func(t *testing.T, def, redirecting string) Options
+		wantFollow bool
+	}{
+		{"--allowed-server-address", func(t *testing.T, def, redirecting string) Options {
+			return testOptions(def, func(o *Options) { o.AllowedAddresses = []string{redirecting} })
+		}, false},
+		{"--prometheus-address", func(t *testing.T, def, redirecting string) Options {
+			return testOptions(redirecting, nil)
+		}, false},
+		{"config file, follow_redirects unset", func(t *testing.T, def, redirecting string) Options {
+			cfg := writeFile(t, t.TempDir(), "p.yaml", "servers:\n- url: "+redirecting+"\n")
+			return testOptions(def, func(o *Options) { o.ConfigFile = cfg })
+		}, false},
+		{"config file, follow_redirects: false", func(t *testing.T, def, redirecting string) Options {
+			cfg := writeFile(t, t.TempDir(), "p.yaml", "servers:\n- url: "+redirecting+"\n  follow_redirects: false\n")
+			return testOptions(def, func(o *Options) { o.ConfigFile = cfg })
+		}, false},
+		{"config file, follow_redirects: true", func(t *testing.T, def, redirecting string) Options {
+			cfg := writeFile(t, t.TempDir(), "p.yaml", "servers:\n- url: "+redirecting+"\n  follow_redirects: true\n")
+			return testOptions(def, func(o *Options) { o.ConfigFile = cfg })
+		}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			def := newPromStub(t, reply(200, vector("1")))
+			target := newPromStub(t, reply(200, vector("1")))
+			redirecting := newPromStub(t, func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, target.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+			})
+			servers := mustServers(t, tt.options(t, def.URL, redirecting.URL))
+			s := mustNew(t, servers, Metadata{ServerAddress: redirecting.URL, Query: "q", Threshold: 1, Headers: map[string]string{"X-Team": "a"}}, time.Minute)
+			_, err := s.ShouldScaleToZero(context.Background())
+			if n := len(redirecting.requests()); n != 1 {
+				t.Fatalf("redirecting server got %d requests, want 1", n)
+			}
+			got := len(target.requests())
+			switch {
+			case tt.wantFollow && (got != 1 || err != nil):
+				t.Errorf("redirect not followed: target got %d requests, error %v", got, err)
+			case !tt.wantFollow && got != 0:
+				t.Errorf("redirect followed: target got %d requests", got)
+			case !tt.wantFollow && err == nil:
+				t.Error("a redirect answer was taken for a reading")
+			}
+		})
 	}
 }

@@ -97,12 +97,16 @@ const (
 	unavail    = `{"status":"error","errorType":"unavailable","error":"Service Unavailable"}`
 )
 
+// testWorkloadHeaders are the headers the tests' workloads may set.
+var testWorkloadHeaders = []string{"X-Scope-OrgID", "x-team", "X-Extra"}
+
 // testOptions are Options good enough for one stand-in, changed by mutate.
 func testOptions(address string, mutate func(*Options)) Options {
 	o := Options{
-		DefaultAddress:       address,
-		QueryTimeout:         5 * time.Second,
-		MaxConcurrentQueries: 4,
+		DefaultAddress:         address,
+		QueryTimeout:           5 * time.Second,
+		MaxConcurrentQueries:   4,
+		AllowedWorkloadHeaders: testWorkloadHeaders,
 	}
 	if mutate != nil {
 		mutate(&o)

@@ -162,8 +162,16 @@ var parseDefaults = informer.Defaults{
 	UptimeFilter:    `job="prometheus"`,
 	CooldownPeriod:  5 * time.Minute,
 	PollingInterval: 30 * time.Second,
-	Allowed:         scaler.NormalizeAddress,
+	Servers:         anyServer{},
 }
+
+// anyServer stands for the daemon's allow-lists, which only the daemon
+// knows: every well-formed address and header passes.
+type anyServer struct{}
+
+func (anyServer) Allowed(address string) (string, error) { return scaler.NormalizeAddress(address) }
+
+func (anyServer) CheckWorkloadHeader(string, string) error { return nil }
 
 // state decides a workload's state from its zeroscaler.io/ annotations,
 // with the informer's own parser.

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Every problem before the daemon runs is one plain line on stderr and exit
+// code 1 (issue 13 item 3), naming what is wrong.
+func TestPrepareFailsInOneLine(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := writeTestFile(t, dir, "kubeconfig", testKubeconfig)
+	badYAML := writeTestFile(t, dir, "bad.yaml", "servers:\n- url: http://127.0.0.1:9090\n  bearer_tokn: x\n  other: [\n")
+	unknownField := writeTestFile(t, dir, "unknown.yaml", "servers:\n- url: http://127.0.0.1:9090\n  bearer_tokn: x\n")
+	caseTwice := writeTestFile(t, dir, "twice.yaml", "servers:\n- url: http://127.0.0.1:9090\n  http_headers:\n    X-Scope-OrgID: {values: [a]}\n    x-scope-orgid: {values: [b]}\n")
+	tests := []struct {
+		name string
+		args []string
+		want []string // in the one line
+	}{
+		{"missing kubeconfig", []string{"--kubeconfig", filepath.Join(dir, "nope")}, []string{"kubeconfig", "nope"}},
+		{"unknown flag", []string{"--kubeconfig", kubeconfig, "--no-such-flag"}, []string{"--no-such-flag"}},
+		{"flag without value", []string{"--kubeconfig", kubeconfig, "--default-cooldown-period"}, []string{"default-cooldown-period"}},
+		{"header name not a token", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X Bad=v"}, []string{"--prometheus-header", "X Bad"}},
+		{"header without name", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "=v"}, []string{"--prometheus-header"}},
+		{"header without =", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A"}, []string{"--prometheus-header"}},
+		{"header value with CR LF", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\r\nX-B: b"}, []string{"--prometheus-header"}},
+		{"header value with LF", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\nb"}, []string{"--prometheus-header"}},
+		{"header value with NUL", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\x00b"}, []string{"--prometheus-header"}},
+		{"header twice, other case", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=1", "--prometheus-header", "x-a=2"}, []string{"--prometheus-header", "twice"}},
+		{"workload header carrying credentials", []string{"--kubeconfig", kubeconfig, "--allowed-workload-header", "authorization"}, []string{"--allowed-workload-header", "Authorization"}},
+		{"workload header not a token", []string{"--kubeconfig", kubeconfig, "--allowed-workload-header", "X:A"}, []string{"--allowed-workload-header"}},
+		{"bad uptime filter", []string{"--kubeconfig", kubeconfig, "--uptime-filter", `job="x`}, []string{"--uptime-filter"}},
+		{"missing config file", []string{"--kubeconfig", kubeconfig, "--prometheus-config", filepath.Join(dir, "none.yaml")}, []string{"none.yaml"}},
+		{"config file not YAML", []string{"--kubeconfig", kubeconfig, "--prometheus-config", badYAML}, []string{"bad.yaml"}},
+		{"config file unknown field", []string{"--kubeconfig", kubeconfig, "--prometheus-config", unknownField}, []string{"unknown.yaml", "bearer_tokn"}},
+		{"config file header twice", []string{"--kubeconfig", kubeconfig, "--prometheus-config", caseTwice}, []string{"twice.yaml", "X-Scope-Orgid"}},
+		{"several bad flags", []string{"--kubeconfig", kubeconfig, "--default-cooldown-period", "0s", "--log-format", "xml", "--log-level", "loud"}, []string{"--default-cooldown-period", "--log-format", "--log-level"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			o, _, code := prepare(tt.args, &stdout, &stderr)
+			if o != nil || code != 1 {
+				t.Fatalf("prepare = %v, exit %d; want nil, exit 1", o != nil, code)
+			}
+			line := stderr.String()
+			if strings.Count(line, "\n") != 1 || !strings.HasSuffix(line, "\n") || !strings.HasPrefix(line, "zeroscaler: ") {
+				t.Errorf("stderr is not one line: %q", line)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(line, w) {
+					t.Errorf("stderr %q does not name %q", line, w)
+				}
+			}
+			if stdout.Len() != 0 {
+				t.Errorf("stdout: %q", stdout.String())
+			}
+		})
+	}
+}
+
+func TestPrepareHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"-h"}, {"--version"}} {
+		var stdout, stderr bytes.Buffer
+		o, _, code := prepare(args, &stdout, &stderr)
+		if o != nil || code != 0 || stdout.Len() == 0 || stderr.Len() != 0 {
+			t.Errorf("%v: exit %d, stdout %d bytes, stderr %q", args, code, stdout.Len(), stderr.String())
+		}
+	}
+}
+
+// With only --prometheus-config, the default server is the file's first
+// (issue 9 item 6); --prometheus-address, when given, wins.
+func TestDefaultServer(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := writeTestFile(t, dir, "kubeconfig", testKubeconfig)
+	cfg := writeTestFile(t, dir, "p.yaml", "servers:\n- url: http://first.example:9090/\n- url: http://second.example:9090\n")
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no flag", nil, "http://localhost:9090"},
+		{"flag", []string{"--prometheus-address", "http://other.example:9090"}, "http://other.example:9090"},
+		{"config file only", []string{"--prometheus-config", cfg}, "http://first.example:9090"},
+		{"config file and flag", []string{"--prometheus-config", cfg, "--prometheus-address", "http://second.example:9090"}, "http://second.example:9090"},
+		{"config file and the flag's default given", []string{"--prometheus-config", cfg, "--prometheus-address", "http://localhost:9090"}, "http://localhost:9090"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			o, servers, code := prepare(append([]string{"--kubeconfig", kubeconfig}, tt.args...), &stdout, &stderr)
+			if o == nil || code != 0 {
+				t.Fatalf("prepare failed: %s", stderr.String())
+			}
+			if got := servers.DefaultAddress(); got != tt.want {
+				t.Errorf("default server %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+const testKubeconfig = `apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: "https://127.0.0.1:6443"}
+users:
+- name: me
+  user: {token: t}
+contexts:
+- name: local
+  context: {cluster: local, user: me}
+current-context: local
+`
+
+func writeTestFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
