@@ -169,7 +169,13 @@ var parseDefaults = informer.Defaults{
 // knows: every well-formed address and header passes.
 type anyServer struct{}
 
-func (anyServer) Allowed(address string) (string, error) { return scaler.NormalizeAddress(address) }
+func (anyServer) Allowed(address string) (string, error) {
+	n, err := scaler.NormalizeAddress(address)
+	if err != nil {
+		return "", fmt.Errorf("is not an allowed http(s) Prometheus URL: %w", err)
+	}
+	return n, nil
+}
 
 func (anyServer) CheckWorkloadHeader(string, string) error { return nil }
 
