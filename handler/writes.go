@@ -131,7 +131,7 @@ func (h *ScaleHandler) writeContext(ctx context.Context) (context.Context, conte
 		// Only the lease can end this wait: the context is not the loop's.
 		if err := h.limiter.Wait(ctx); err != nil {
 			cancelLease()
-			return nil, nil, fmt.Errorf("%w before the client-side rate limiter let the write go: %v", ErrNotLeading, err)
+			return nil, nil, fmt.Errorf("%w before the client-side rate limiter let the write go: %w", ErrNotLeading, err)
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -392,7 +393,7 @@ func CheckUptimeFilter(f string) error {
 		return fmt.Errorf(`is not a list of label matchers such as job="api": %s`, oneLine(err.Error()))
 	}
 	for _, m := range matchers {
-		if m.Name == labels.MetricName && !(m.Type == labels.MatchEqual && m.Value == "up") {
+		if m.Name == model.MetricNameLabel && !(m.Type == labels.MatchEqual && m.Value == "up") {
 			return errors.New("must not match on __name__: the health query reads up")
 		}
 	}

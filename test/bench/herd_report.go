@@ -28,12 +28,9 @@ type herdRow struct {
 
 // durRow is a row of a duration per repetition.
 func (r *herdResult) durRow(figure string, f func(*herdRep) time.Duration) herdRow {
-	var ds []float64
 	row := herdRow{figure: figure, target: "—", ideal: "—"}
 	for _, rep := range r.Reps {
-		d := f(rep)
-		ds = append(ds, d.Seconds())
-		row.each = append(row.each, herdSecs(d))
+		row.each = append(row.each, herdSecs(f(rep)))
 	}
 	row.median = herdSecs(r.medianOf(f))
 	return row
