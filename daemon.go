@@ -120,6 +120,9 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 			return scaler.New(servers, c.Metadata, c.CooldownPeriod)
 		},
 	})
+	if err := inf.WatchNamespaces(ctx); err != nil {
+		log.Warn("Namespace annotations are ignored: " + err.Error())
+	}
 	if err := inf.Notify(h); err != nil {
 		return err
 	}

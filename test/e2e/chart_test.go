@@ -51,6 +51,7 @@ const chartConfigSecret = "zeroscaler-prometheus"
 var chartCases = []chartCase{
 	{name: "defaults", kustomize: "deploy"},
 	{name: "watchNamespace", set: []string{"watchNamespace=apps"}, kustomize: "deploy/namespaced"},
+	{name: "readWatchedNamespace", set: []string{"watchNamespace=apps", "rbac.readWatchedNamespace=true"}, kustomize: "deploy/namespaced-reader"},
 	// Every optional object and every value that changes the Deployment.
 	{name: "everything", set: []string{
 		"serviceMonitor.enabled=true",

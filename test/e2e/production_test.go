@@ -564,13 +564,16 @@ func prodRBACClusterInstall(t *testing.T, source string, objs []*unstructured.Un
 		{"update", "apps", "statefulsets", "scale", otherNS, false},
 		{"create", "", "events", "", otherNS, true},
 		{"update", "coordination.k8s.io", "leases", "", "zeroscaler-system", true},
+		// Namespace annotations apply to their workloads.
+		{"list", "", "namespaces", "", "", true},
+		{"watch", "", "namespaces", "", "", true},
+		{"update", "", "namespaces", "", "", false},
 		// Nothing beyond that.
 		{"update", "apps", "deployments", "", otherNS, false},
 		{"delete", "apps", "deployments", "", otherNS, false},
 		{"create", "apps", "deployments", "", otherNS, false},
 		{"get", "", "secrets", "", otherNS, false},
 		{"list", "", "pods", "", "", false},
-		{"list", "", "namespaces", "", "", false},
 		{"create", "coordination.k8s.io", "leases", "", otherNS, false},
 		{"delete", "coordination.k8s.io", "leases", "", "zeroscaler-system", false},
 		{"escalate", "rbac.authorization.k8s.io", "clusterroles", "", "", false},
@@ -581,6 +584,12 @@ func prodRBACClusterInstall(t *testing.T, source string, objs []*unstructured.Un
 // and runs the daemon as its ServiceAccount.
 func TestProductionRBACNamespacedInstall(t *testing.T) {
 	prodRBACNamespacedInstall(t, "deploy/namespaced", prodRender(t, "deploy/namespaced"))
+}
+
+// The same, with the right to read the watched Namespace: its annotations
+// are then not ignored.
+func TestProductionRBACNamespacedReaderInstall(t *testing.T) {
+	prodRBACNamespacedInstall(t, "deploy/namespaced-reader", prodRender(t, "deploy/namespaced-reader"))
 }
 
 // prodRBACNamespacedInstall applies the RBAC of an install watching the
@@ -675,6 +684,12 @@ func prodRBACNamespacedInstall(t *testing.T, source string, objs []*unstructured
 	}
 	if strings.Contains(strings.ToLower(d.Output()), "forbidden") {
 		t.Errorf("the daemon was refused something; its log says \"forbidden\"")
+	}
+	// Reading the watched Namespace takes a ClusterRole of its own: with
+	// it, Namespace annotations apply; without it, the daemon says so once.
+	reader := prodFind(objs, "ClusterRole", "zeroscaler-namespace-reader") != nil
+	if ignored := strings.Contains(d.Output(), "Namespace annotations are ignored"); ignored == reader {
+		t.Errorf("%s: can read Namespace apps = %v, but the daemon's log says Namespace annotations are ignored = %v", source, reader, ignored)
 	}
 
 	prodCheckAccess(t, prodSA, prodSAGroups, []prodAccess{

@@ -55,8 +55,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{/*
 The rights zeroscaler needs on the workloads it watches, the same rules as
 deploy/base/rbac.yaml and deploy/namespaced/role.yaml (an e2e test fails if
-they differ): read workloads and patch their zeroscaler.io/ annotations, set
-replicas through /scale, and tell what it did with Events.
+they differ): read workloads, patch their replicas with their zeroscaler.io/
+annotations, and tell what it did with Events. The cluster-wide install also
+reads Namespaces (rbac.yaml).
 */}}
 {{- define "zeroscaler.workloadRules" -}}
 - apiGroups: ["apps"]
