@@ -1,6 +1,7 @@
 // Command demo tells zeroscaler's story on a real, local control plane:
-// a web Deployment with traffic, then quiet, put to sleep at 0, woken when
-// traffic comes back. `make demo` runs it; `make demo-up` keeps the stack
+// a shop of three Deployments (web, api, worker) in one group, with traffic
+// to web only; then quiet, all three put to sleep at 0 together; all three
+// woken, each to its own count, when traffic to web comes back. `make demo` runs it; `make demo-up` keeps the stack
 // running for you to play with.
 package main
 
@@ -10,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -36,6 +38,7 @@ import (
 const (
 	namespace = "demo"
 	workload  = "web"
+	group     = "shop"
 	// The question zeroscaler asks: requests per second at the "ingress"
 	// over the last 10 seconds. `or vector(0)`: no series means no traffic.
 	query     = `sum(rate(demo_ingress_requests_total{service="web"}[10s])) or vector(0)`
@@ -45,7 +48,7 @@ const (
 )
 
 func main() {
-	up := flag.Bool("up", false, "start the stack, the daemon and the web workload, print how to use them, and run until SIGTERM")
+	up := flag.Bool("up", false, "start the stack, the daemon and the shop (web, api, worker), print how to use them, and run until SIGTERM")
 	stateDir := flag.String("state-dir", ".demo", "with -up: where to write the environment file for `make demo-down` and your shell")
 	flag.Parse()
 
@@ -87,7 +90,7 @@ func run(ctx context.Context, up bool, stateDir string) error {
 	if err != nil {
 		return err
 	}
-	if err := createWeb(ctx, client); err != nil {
+	if err := createShop(ctx, client); err != nil {
 		return err
 	}
 
@@ -122,11 +125,11 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 	ctx, cancel := context.WithTimeout(ctx, 4*time.Minute)
 	defer cancel()
 	say(fmt.Sprintf("zeroscaler runs (log: %s)", daemon.LogPath))
-	say(fmt.Sprintf("deployment %s/%s, 3 replicas, asks Prometheus:\n           %s\n           sleeps when < %s for %s, checked every %s",
-		namespace, workload, query, threshold, cooldown, polling))
+	say(fmt.Sprintf("group %q in namespace %s: web (3 replicas), api (2) and worker (1);\n           only web asks Prometheus:\n           %s\n           the shop sleeps when < %s for %s, checked every %s",
+		group, namespace, query, threshold, cooldown, polling))
 	say("note: no kubelet runs here, so no pods start; spec.replicas is what zeroscaler sets")
 
-	w, err := client.AppsV1().Deployments(namespace).Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + workload})
+	w, err := client.AppsV1().Deployments(namespace).Watch(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err
 	}
@@ -141,7 +144,7 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 	ingress.setRate(5)
 	say("phase 1: traffic, 5 requests/s")
 	phaseStart := time.Now()
-	replicas := int32(3)
+	replicas := maps.Clone(shop)
 	sleptAt, wokeAt := time.Time{}, time.Time{}
 	state := ""
 	status := time.NewTicker(5 * time.Second)
@@ -166,20 +169,20 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 				return errors.New("the deployment watch closed")
 			}
 			d, ok := ev.Object.(*appsv1.Deployment)
-			if !ok || d.Spec.Replicas == nil || *d.Spec.Replicas == replicas {
+			if !ok || d.Spec.Replicas == nil || *d.Spec.Replicas == replicas[d.Name] {
 				continue
 			}
-			replicas = *d.Spec.Replicas
-			note := fmt.Sprintf("original-replicas annotation: %q", d.Annotations["zeroscaler.io/original-replicas"])
-			if replicas > 0 && d.Annotations["zeroscaler.io/original-replicas"] != "" {
-				note += ", removed at the next check"
+			replicas[d.Name] = *d.Spec.Replicas
+			note := "no original-replicas annotation"
+			if v, ok := d.Annotations["zeroscaler.io/original-replicas"]; ok {
+				note = fmt.Sprintf("original-replicas annotation: %q", v)
 			}
-			line(ctx, stack, replicas, fmt.Sprintf("replicas now %d (%s)", replicas, note))
+			line(ctx, stack, replicas, fmt.Sprintf("%s now has %d replicas (%s)", d.Name, *d.Spec.Replicas, note))
 			switch {
-			case replicas == 0 && phase == "quiet":
+			case phase == "quiet" && all(replicas, func(name string, n int32) bool { return n == 0 }):
 				sleptAt = time.Now()
 				phase = "asleep"
-			case replicas == 3 && phase == "traffic again":
+			case phase == "traffic again" && all(replicas, func(name string, n int32) bool { return n == shop[name] }):
 				wokeAt = time.Now()
 				phase = "awake"
 			}
@@ -197,7 +200,7 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 			ingress.setRate(0)
 			say(fmt.Sprintf("phase 2: quiet, no requests; zeroscaler waits for %s of idle readings", cooldown))
 		case phase == "awake" && time.Since(wokeAt) > 3*time.Second:
-			say("the web Deployment slept at 0 and came back to exactly 3 replicas. The end.")
+			say("the shop slept at 0 together and came back together: web 3, api 2, worker 1, each exactly its own count. The end.")
 			return nil
 		case phase == "asleep" && time.Since(sleptAt) > 10*time.Second:
 			phase = "traffic again"
@@ -226,8 +229,8 @@ The demo stack is up. In another shell:
   source %[1]s
   bin/kubectl get deploy -n %[2]s -w                        # watch replicas
   bin/kubectl get events -n %[2]s -w                        # watch what zeroscaler says
-  curl -X POST "$DEMO_TRAFFIC_URL?rps=0"                    # stop the traffic (web sleeps after %[3]s)
-  curl -X POST "$DEMO_TRAFFIC_URL?rps=5"                    # traffic again (web wakes)
+  curl -X POST "$DEMO_TRAFFIC_URL?rps=0"                    # stop the traffic (the shop sleeps after %[3]s)
+  curl -X POST "$DEMO_TRAFFIC_URL?rps=5"                    # traffic again (the shop wakes)
   bin/kubectl annotate deploy/%[4]s -n %[2]s --overwrite zeroscaler.io/paused=true
   bin/kubectl annotate deploy/%[4]s -n %[2]s zeroscaler.io/query-   # let go of it
   curl -s "$PROMETHEUS_URL/api/v1/query" --data-urlencode 'query=%[5]s'
@@ -243,39 +246,56 @@ Stop with: make demo-down
 	}
 }
 
-func createWeb(ctx context.Context, client kubernetes.Interface) error {
+// shop is the demo's group: each member's name and replicas.
+var shop = map[string]int32{"web": 3, "api": 2, "worker": 1}
+
+// createShop creates the namespace and the shop's Deployments: all three in
+// group "shop", only web with the query.
+func createShop(ctx context.Context, client kubernetes.Interface) error {
 	if _, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
 		return err
 	}
-	replicas := int32(3)
-	labels := map[string]string{"app": workload}
-	d := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      workload,
-			Namespace: namespace,
-			Annotations: map[string]string{
-				"zeroscaler.io/query":            query,
-				"zeroscaler.io/threshold":        threshold,
-				"zeroscaler.io/cooldown-period":  cooldown.String(),
-				"zeroscaler.io/polling-interval": polling.String(),
+	for _, name := range []string{"web", "api", "worker"} {
+		annotations := map[string]string{"zeroscaler.io/group": group}
+		if name == workload {
+			annotations["zeroscaler.io/query"] = query
+			annotations["zeroscaler.io/threshold"] = threshold
+			annotations["zeroscaler.io/cooldown-period"] = cooldown.String()
+			annotations["zeroscaler.io/polling-interval"] = polling.String()
+		}
+		replicas := shop[name]
+		labels := map[string]string{"app": name}
+		d := &appsv1.Deployment{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Annotations: annotations},
+			Spec: appsv1.DeploymentSpec{
+				Replicas: &replicas,
+				Selector: &metav1.LabelSelector{MatchLabels: labels},
+				Template: corev1.PodTemplateSpec{
+					ObjectMeta: metav1.ObjectMeta{Labels: labels},
+					Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: name, Image: "nginx"}}},
+				},
 			},
-		},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: &replicas,
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "nginx"}}},
-			},
-		},
+		}
+		if _, err := client.AppsV1().Deployments(namespace).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+			return err
+		}
 	}
-	_, err := client.AppsV1().Deployments(namespace).Create(ctx, d, metav1.CreateOptions{})
-	return err
+	return nil
 }
 
-// line prints one status line: time, replicas, the metric as Prometheus
-// has it now, and what happened.
-func line(ctx context.Context, stack *localstack.Stack, replicas int32, what string) {
+// all says whether ok holds for every member of the shop.
+func all(replicas map[string]int32, ok func(name string, n int32) bool) bool {
+	for name := range shop {
+		if !ok(name, replicas[name]) {
+			return false
+		}
+	}
+	return true
+}
+
+// line prints one status line: time, each member's replicas, the metric as
+// Prometheus has it now, and what happened.
+func line(ctx context.Context, stack *localstack.Stack, replicas map[string]int32, what string) {
 	rate := "?"
 	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
@@ -284,7 +304,8 @@ func line(ctx context.Context, stack *localstack.Stack, replicas int32, what str
 			rate = strconv.FormatFloat(float64(vec[0].Value), 'f', 2, 64)
 		}
 	}
-	fmt.Printf("%s  replicas=%d  rate=%5s req/s  %s\n", time.Now().Format("15:04:05"), replicas, rate, what)
+	fmt.Printf("%s  web=%d api=%d worker=%d  rate=%5s req/s  %s\n", time.Now().Format("15:04:05"),
+		replicas["web"], replicas["api"], replicas["worker"], rate, what)
 }
 
 // stateStory explains each state the daemon reports in its
@@ -297,8 +318,8 @@ var stateStory = map[string]string{
 	"invalid": "invalid configuration: see the InvalidScalingConfig event",
 }
 
-// daemonState reads the web workload's state from the daemon's /metrics
-// (the demo runs one workload, so the one state counted is its state).
+// daemonState reads the shop's state from the daemon's /metrics: the state
+// most of its workloads are in (the demo runs only the shop).
 func daemonState(addr string) string {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -310,16 +331,17 @@ func daemonState(addr string) string {
 	if err != nil {
 		return ""
 	}
+	state, most := "", 0.0
 	for _, m := range families["zeroscaler_workloads"].GetMetric() {
-		if m.GetGauge().GetValue() == 1 {
+		if v := m.GetGauge().GetValue(); v > most {
 			for _, l := range m.GetLabel() {
 				if l.GetName() == "state" {
-					return l.GetValue()
+					state, most = l.GetValue(), v
 				}
 			}
 		}
 	}
-	return ""
+	return state
 }
 
 func say(s string) { fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), s) }
