@@ -22,18 +22,18 @@ import (
 
 // Annotations users write on a Deployment or StatefulSet.
 const (
-	AnnotationQuery           = "zeroscaler.io/query"
-	AnnotationThreshold       = "zeroscaler.io/threshold"
-	AnnotationServerAddress   = "zeroscaler.io/server-address"
-	AnnotationUptimeFilter    = "zeroscaler.io/uptime-filter"
-	AnnotationHeaders         = "zeroscaler.io/headers"
-	AnnotationCooldownPeriod  = "zeroscaler.io/cooldown-period"
-	AnnotationPollingInterval = "zeroscaler.io/polling-interval"
-	AnnotationMinReplicas     = "zeroscaler.io/min-replicas"
-	AnnotationPaused          = "zeroscaler.io/paused"
-	AnnotationGroup           = "zeroscaler.io/group"
-	AnnotationExclude         = "zeroscaler.io/exclude"
-	AnnotationAwakeHours      = "zeroscaler.io/awake-hours"
+	AnnotationQuery           = handler.AnnotationQuery
+	AnnotationThreshold       = handler.AnnotationPrefix + "threshold"
+	AnnotationServerAddress   = handler.AnnotationPrefix + "server-address"
+	AnnotationUptimeFilter    = handler.AnnotationPrefix + "uptime-filter"
+	AnnotationHeaders         = handler.AnnotationPrefix + "headers"
+	AnnotationCooldownPeriod  = handler.AnnotationPrefix + "cooldown-period"
+	AnnotationPollingInterval = handler.AnnotationPrefix + "polling-interval"
+	AnnotationMinReplicas     = handler.AnnotationPrefix + "min-replicas"
+	AnnotationPaused          = handler.AnnotationPrefix + "paused"
+	AnnotationGroup           = handler.AnnotationPrefix + "group"
+	AnnotationExclude         = handler.AnnotationPrefix + "exclude"
+	AnnotationAwakeHours      = handler.AnnotationPrefix + "awake-hours"
 )
 
 // userAnnotations are the annotations users write, on a workload or on its
@@ -50,10 +50,6 @@ var userAnnotations = []string{
 // the Namespace's name. No zeroscaler.io/group value can take that name,
 // since a group name has no colon.
 const NamespaceGroupPrefix = "namespace:"
-
-// Prefix is shared by every zeroscaler annotation; the cache keeps only
-// annotations with it.
-const Prefix = "zeroscaler.io/"
 
 // MinPeriod is the shortest cooldown or polling interval accepted.
 const MinPeriod = time.Second

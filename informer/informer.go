@@ -586,7 +586,7 @@ func leanMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
 		ResourceVersion: m.ResourceVersion,
 	}
 	for k, v := range m.Annotations {
-		if strings.HasPrefix(k, Prefix) {
+		if strings.HasPrefix(k, handler.AnnotationPrefix) {
 			if out.Annotations == nil {
 				out.Annotations = map[string]string{}
 			}

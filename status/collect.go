@@ -121,7 +121,7 @@ func rowOf(obj runtime.Object) (Row, bool) {
 	}
 	ann := map[string]string{}
 	for k, v := range meta.Annotations {
-		if strings.HasPrefix(k, informer.Prefix) {
+		if strings.HasPrefix(k, handler.AnnotationPrefix) {
 			ann[k] = v
 		}
 	}

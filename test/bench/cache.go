@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/utils/ptr"
 
+	"github.com/zeroscaler/zeroscaler/handler"
 	"github.com/zeroscaler/zeroscaler/informer"
 )
 
@@ -159,7 +160,7 @@ func leanForm(d *appsv1.Deployment) *appsv1.Deployment {
 		Spec:       appsv1.DeploymentSpec{Replicas: d.Spec.Replicas},
 	}
 	for k, v := range d.Annotations {
-		if strings.HasPrefix(k, informer.Prefix) {
+		if strings.HasPrefix(k, handler.AnnotationPrefix) {
 			if out.Annotations == nil {
 				out.Annotations = map[string]string{}
 			}
