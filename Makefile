@@ -1,8 +1,9 @@
 # zeroscaler. Run `make help` to list the targets.
 #
 # bin/ holds the daemon (bin/zeroscaler), the local control plane used by
-# the end-to-end tests (bin/etcd, bin/kube-apiserver, bin/kubectl), and the
-# developer tools (bin/helm, bin/golangci-lint).
+# the end-to-end tests (bin/etcd, bin/kube-apiserver,
+# bin/kube-controller-manager, bin/kubectl), and the developer tools
+# (bin/helm, bin/golangci-lint).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -27,7 +28,7 @@ build: ## Build the daemon into bin/zeroscaler
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/zeroscaler .
 
 .PHONY: tools
-tools: ## Build etcd, kube-apiserver, kubectl, helm and golangci-lint into bin/ (skips what is up to date)
+tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm and golangci-lint into bin/ (skips what is up to date)
 	bash hack/build-tools.sh
 
 .PHONY: prometheus

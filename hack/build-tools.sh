@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the local control plane into bin/: kube-apiserver and kubectl from
+# Builds the local control plane into bin/: kube-apiserver,
+# kube-controller-manager and kubectl from
 # k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3; and the developer
 # tools: helm (chart tests) and golangci-lint (make lint). Each binary is built
 # only when it is missing or its tools module changed since it was built.
@@ -32,6 +33,7 @@ kube_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$kube_version -X
 build etcd "$root/hack/tools/etcd" go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver "$root/hack/tools/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kubectl "$root/hack/tools/kube" k8s.io/kubernetes/cmd/kubectl "$kube_ldflags"
+build kube-controller-manager "$root/hack/tools/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
 
 # helm and golangci-lint print the versions they were built as. helm also
 # takes the Kubernetes version it assumes without a cluster (helm template,

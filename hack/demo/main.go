@@ -61,7 +61,7 @@ func main() {
 }
 
 func run(ctx context.Context, up bool, stateDir string) error {
-	say("starting etcd, kube-apiserver and Prometheus on 127.0.0.1 …")
+	say("starting etcd, kube-apiserver, kube-controller-manager and Prometheus on 127.0.0.1 …")
 	ingress, err := startIngress()
 	if err != nil {
 		return err
@@ -69,7 +69,8 @@ func run(ctx context.Context, up bool, stateDir string) error {
 	defer ingress.close()
 
 	stack, err := localstack.Start(ctx, localstack.Options{
-		ScrapeJobs: []localstack.ScrapeJob{{Name: "ingress", Targets: []string{ingress.addr}}},
+		ScrapeJobs:        []localstack.ScrapeJob{{Name: "ingress", Targets: []string{ingress.addr}}},
+		ControllerManager: true,
 	})
 	if err != nil {
 		return err
@@ -127,7 +128,7 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 	say(fmt.Sprintf("zeroscaler runs (log: %s)", daemon.LogPath))
 	say(fmt.Sprintf("group %q in namespace %s: web (3 replicas), api (2) and worker (1);\n           only web asks Prometheus:\n           %s\n           the shop sleeps when < %s for %s, checked every %s",
 		group, namespace, query, threshold, cooldown, polling))
-	say("note: no kubelet runs here, so no pods start; spec.replicas is what zeroscaler sets")
+	say("note: the Deployment and ReplicaSet controllers run and create Pods, but no scheduler or kubelet\n           does, so the Pods stay Pending; spec.replicas is what zeroscaler sets")
 
 	w, err := client.AppsV1().Deployments(namespace).Watch(ctx, metav1.ListOptions{})
 	if err != nil {

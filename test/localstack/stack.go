@@ -33,6 +33,9 @@ type Options struct {
 	// ScrapeJobs are scraped besides the built-in jobs "prometheus" (itself)
 	// and "exporter" (Stack.Exporter). AddScrapeJob adds more later.
 	ScrapeJobs []ScrapeJob
+	// ControllerManager also starts BinDir/kube-controller-manager with
+	// the Controllers that act on workloads.
+	ControllerManager bool
 }
 
 // Stack is a running etcd, kube-apiserver, Prometheus and exporter.
@@ -60,6 +63,7 @@ type Stack struct {
 	envDirs  []string // their data and certificate directories, envtest's temp dirs
 	watchdog *watchdog
 	prom     *promServer
+	kcm      *controllerManager
 
 	stopOnce sync.Once
 	stopErr  error
@@ -108,6 +112,11 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	}
 	if err := s.startControlPlane(binDir); err != nil {
 		return nil, err
+	}
+	if opts.ControllerManager {
+		if err := s.startControllerManager(ctx, binDir); err != nil {
+			return nil, err
+		}
 	}
 	if err := s.prom.waitReady(ctx, s.PromAPI, startedAt); err != nil {
 		return nil, err
@@ -237,6 +246,9 @@ func (s *Stack) Stop() error {
 		var errs []error
 		if s.prom != nil {
 			errs = append(errs, s.prom.shutdown())
+		}
+		if s.kcm != nil {
+			errs = append(errs, s.kcm.stop())
 		}
 		if s.env != nil {
 			if err := s.env.Stop(); err != nil {
