@@ -65,9 +65,10 @@ func (h *ScaleHandler) leaveGroupLocked(gk, key string) {
 type groupState struct {
 	key, name string
 	*pace
-	// phase places the group's checks on its period's grid.
-	phase uint64
-	log   *zap.Logger
+	// phase places the group's checks on its period's grid (groupPhase);
+	// keyHash is the group key's hash, its phase when no member asks.
+	phase, keyHash uint64
+	log            *zap.Logger
 	// version is that of the groupEntry the members were built from;
 	// given holds each member's configuration as the informer gave it.
 	version uint64
@@ -88,10 +89,10 @@ func (h *ScaleHandler) startGroupLocked(gk string) {
 	hash := fnv.New64a()
 	hash.Write([]byte(gk))
 	g := &groupState{
-		key:   gk,
-		pace:  &pace{slots: h.slots, work: h.work},
-		phase: hash.Sum64(),
-		given: map[string]Config{},
+		key:     gk,
+		pace:    &pace{slots: h.slots, work: h.work},
+		keyHash: hash.Sum64(),
+		given:   map[string]Config{},
 	}
 	var ns string
 	for _, cfg := range h.groups[gk].members {
@@ -158,10 +159,23 @@ func (h *ScaleHandler) membersLocked(g *groupState) {
 		period = retryPeriod // invalid and paused members only
 	}
 	now := h.clock.Now()
-	if period != g.period {
-		g.period, g.next = period, firstCheck(now, period, g.phase)
+	if phase := groupPhase(g.keyHash, members); period != g.period || phase != g.phase {
+		g.period, g.phase, g.next = period, phase, firstCheck(now, period, phase)
 	}
 	g.hours, g.hoursAt = hours, nextStart(hours, now)
+}
+
+// groupPhase is the phase of a group's checks: that of the question of its
+// first member that asks one, so that groups and lone workloads asking the
+// same question check at the same moments and share one request (as lone
+// workloads do); the group key's hash when no member asks.
+func groupPhase(keyHash uint64, members []*loopState) uint64 {
+	for _, st := range members {
+		if st.decider != nil {
+			return st.decider.QuestionHash()
+		}
+	}
+	return keyHash
 }
 
 // dropLockLocked forgets a workload's scale lock once nothing may use it: it

@@ -2,7 +2,6 @@ package handler
 
 import (
 	"errors"
-	"hash/fnv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +12,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	ktesting "k8s.io/client-go/testing"
+
+	"github.com/zeroscaler/zeroscaler/scaler"
 )
 
 // The shop: web has the query, api and worker follow it.
@@ -478,12 +479,6 @@ func gridAt(t time.Time, period time.Duration, phase uint64) bool {
 	return next.Equal(t)
 }
 
-func groupPhase(key string) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(key))
-	return h.Sum64()
-}
-
 // Office hours: a sleeping workload (or group) is woken at the very start
 // of its hours, between two checks of its grid, with ScheduledWake.
 func TestAwakeHoursWakeAtTheirStart(t *testing.T) {
@@ -510,7 +505,8 @@ func TestAwakeHoursWakeAtTheirStart(t *testing.T) {
 		hs := asleepShop(t, hours)
 		hs.prom.set("q", idle)
 		hs.run()
-		if gridAt(opens, period, groupPhase("default/shop")) {
+		// The shop checks at the phase of web's question.
+		if gridAt(opens, period, uint64(len("q"))*uint64(time.Second)) {
 			t.Fatal("the test needs the hours to begin between two checks of the grid")
 		}
 		hs.untilJustBefore(opens)
@@ -689,4 +685,27 @@ func TestGroupMembersChange(t *testing.T) {
 			t.Errorf("%d writes a cooldown after web's change, want 3 sleeps", got)
 		}
 	})
+}
+
+// A group checks at the phase of the question of its first member that
+// asks one, as a lone workload asking that question does, so that they
+// share one request; with no member asking, at its key's.
+func TestGroupPhase(t *testing.T) {
+	asks := func(q string) *loopState { return &loopState{decider: &fakeDecider{md: scaler.Metadata{Query: q}}} }
+	follows := &loopState{}
+	const keyHash = 7
+	for _, c := range []struct {
+		name    string
+		members []*loopState
+		want    uint64
+	}{
+		{"the first member that asks", []*loopState{follows, asks("qq"), asks("q")}, asks("qq").decider.QuestionHash()},
+		{"no member asks", []*loopState{follows, follows}, keyHash},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := groupPhase(keyHash, c.members); got != c.want {
+				t.Errorf("groupPhase = %d, want %d", got, c.want)
+			}
+		})
+	}
 }
