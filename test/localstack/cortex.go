@@ -186,6 +186,7 @@ func cortexConfig(dir string, httpPort, grpcPort int) map[string]any {
 		},
 		"store_gateway":   map[string]any{"sharding_ring": inmemory},
 		"frontend_worker": map[string]any{"match_max_concurrent": true},
+		"querier":         map[string]any{"active_query_tracker_dir": sub("active-query-tracker")},
 		"ruler":           map[string]any{"ring": inmemory, "rule_path": sub("ruler")},
 		"ruler_storage":   map[string]any{"backend": "local", "local": map[string]any{"directory": sub("rules")}},
 		"alertmanager": map[string]any{
@@ -362,6 +363,8 @@ type child struct {
 	logPath string
 }
 
+// startChild starts path in dir, the folder of logPath, so that relative
+// paths in a default setting (Cortex's alertmanager data/, say) land there.
 func startChild(path, logPath string, args ...string) (*child, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -369,6 +372,7 @@ func startChild(path, logPath string, args ...string) (*child, error) {
 	}
 	defer logFile.Close() // the child has its own copy
 	cmd := exec.Command(path, args...)
+	cmd.Dir = filepath.Dir(logPath)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = childAttr()
 	if err := cmd.Start(); err != nil {
