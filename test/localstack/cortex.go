@@ -99,11 +99,11 @@ func StartCortex(ctx context.Context, o CortexOptions) (_ *Cortex, err error) {
 		}
 	}
 
-	ports := make([]int, 3)
-	for i := range ports {
-		if ports[i], err = FreePort(); err != nil {
-			return nil, err
-		}
+	// Three distinct ports: FreePort, called three times, once gave the
+	// same port twice (Cortex then failed with "address already in use").
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
 	}
 	httpPort, grpcPort, writerPort := ports[0], ports[1], ports[2]
 	c.URL = "http://" + loopback(httpPort)
@@ -134,6 +134,8 @@ func StartCortex(ctx context.Context, o CortexOptions) (_ *Cortex, err error) {
 		"--config.file="+writerCfg,
 		"--storage.tsdb.path="+filepath.Join(dir, "writer-data"),
 		"--web.listen-address="+loopback(writerPort),
+		// Stop within seconds even while Cortex refuses writes.
+		"--storage.remote.flush-deadline=1s",
 	); err != nil {
 		return nil, err
 	}
@@ -282,7 +284,22 @@ func (c *Cortex) SetAndWait(ctx context.Context, tenant, series string, v float6
 // waitScraped waits until Cortex holds, for tenant, a sample of the
 // writer's up series: Cortex is ready and the tenant's writes arrive.
 func (c *Cortex) waitScraped(ctx context.Context, tenant string) error {
+	// Give up at once if either process exits.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		select {
+		case <-c.cortex.done:
+			cancel(errors.New("cortex exited"))
+		case <-c.writer.done:
+			cancel(errors.New("the writer exited"))
+		case <-ctx.Done():
+		}
+	}()
 	err := c.WaitForValue(ctx, tenant, fmt.Sprintf(`max(up{job=%q})`, CortexWriterJob), 1)
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) && !errors.Is(cause, context.DeadlineExceeded) {
+		err = fmt.Errorf("%w: %w", cause, err)
+	}
 	if err != nil {
 		return fmt.Errorf("wait for cortex (tenant %s): %w; cortex log ends with:\n%s\nwriter log ends with:\n%s", tenant, err, c.cortex.logTail(), c.writer.logTail())
 	}
@@ -466,4 +483,25 @@ func (p *pushProxy) close() error {
 		return fmt.Errorf("close push proxy: %w", err)
 	}
 	return nil
+}
+
+// freePorts returns n distinct ports that were free on 127.0.0.1 a moment
+// ago: each listener stays open until all are chosen.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			_ = l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find free port: %w", err)
+		}
+		listeners = append(listeners, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
 }
