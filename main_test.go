@@ -16,6 +16,12 @@ func TestPrepareFailsInOneLine(t *testing.T) {
 	badYAML := writeTestFile(t, dir, "bad.yaml", "servers:\n- url: http://127.0.0.1:9090\n  bearer_tokn: x\n  other: [\n")
 	unknownField := writeTestFile(t, dir, "unknown.yaml", "servers:\n- url: http://127.0.0.1:9090\n  bearer_tokn: x\n")
 	caseTwice := writeTestFile(t, dir, "twice.yaml", "servers:\n- url: http://127.0.0.1:9090\n  http_headers:\n    X-Scope-OrgID: {values: [a]}\n    x-scope-orgid: {values: [b]}\n")
+	tenant := func(name, block string) string {
+		return writeTestFile(t, dir, name, "servers:\n- url: http://127.0.0.1:9090\n  tenant:\n    "+strings.ReplaceAll(block, "\n", "\n    ")+"\n")
+	}
+	tenantNoHeader := tenant("tenant-noheader.yaml", "header: \"\"\nfrom_namespace: true")
+	tenantBadHeader := tenant("tenant-badheader.yaml", "header: X Scope\nfrom_namespace: true")
+	tenantBadValue := tenant("tenant-badvalue.yaml", "header: X-Scope-OrgID\nnamespaces: {shop: \"a\\r\\nb\"}")
 	tests := []struct {
 		name string
 		args []string
@@ -38,6 +44,10 @@ func TestPrepareFailsInOneLine(t *testing.T) {
 		{"config file not YAML", []string{"--kubeconfig", kubeconfig, "--prometheus-config", badYAML}, []string{"bad.yaml"}},
 		{"config file unknown field", []string{"--kubeconfig", kubeconfig, "--prometheus-config", unknownField}, []string{"unknown.yaml", "bearer_tokn"}},
 		{"config file header twice", []string{"--kubeconfig", kubeconfig, "--prometheus-config", caseTwice}, []string{"twice.yaml", "X-Scope-Orgid"}},
+		{"tenant header empty", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenantNoHeader}, []string{"tenant-noheader.yaml", "servers[0]", "tenant.header"}},
+		{"tenant header not a token", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenantBadHeader}, []string{"tenant-badheader.yaml", "tenant.header", "X Scope"}},
+		{"tenant not a header value", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenantBadValue}, []string{"tenant-badvalue.yaml", "tenant.namespaces.shop"}},
+		{"tenant header also set by flag", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenant("tenant-flag.yaml", "header: X-Scope-OrgID\nfrom_namespace: true"), "--prometheus-address", "http://127.0.0.1:9090", "--prometheus-header", "x-scope-orgid=ops"}, []string{"--prometheus-header", "X-Scope-Orgid"}},
 		{"several bad flags", []string{"--kubeconfig", kubeconfig, "--default-cooldown-period", "0s", "--log-format", "xml", "--log-level", "loud"}, []string{"--default-cooldown-period", "--log-format", "--log-level"}},
 	}
 	for _, tt := range tests {

@@ -44,3 +44,9 @@ build helm "$root/hack/tools/helm" helm.sh/helm/v3/cmd/helm \
 	"-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37"
 build golangci-lint "$root/hack/tools/golangci-lint" github.com/golangci/golangci-lint/v2/cmd/golangci-lint \
 	"-s -w -X main.version=v2.15.0"
+
+# Cortex, the multi-tenant store of the e2e suite. Its Makefile builds with
+# the slicelabels tag: its label adapters cast Prometheus' labels as a slice,
+# which is only right with that layout.
+GOFLAGS="${GOFLAGS:+$GOFLAGS }-tags=netgo,slicelabels" build cortex "$root/hack/tools/cortex" github.com/cortexproject/cortex/cmd/cortex \
+	"-s -w -X main.Version=1.21.1"

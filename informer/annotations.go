@@ -73,6 +73,11 @@ type Servers interface {
 	// CheckWorkloadHeader says whether a workload may send the header
 	// name to the server at address (normalized; empty for the default).
 	CheckWorkloadHeader(address, name string) error
+	// CheckNamespace says whether workloads in namespace may query the
+	// server at address (normalized; empty for the default): a server
+	// whose tenant the operator chooses per Namespace answers only
+	// Namespaces that have one.
+	CheckNamespace(address, namespace string) error
 }
 
 // FieldError says which annotation is wrong and why.
@@ -97,7 +102,8 @@ func (e *FieldError) Error() string {
 
 // Parse reads a workload's annotations into its configuration. If any
 // annotation is wrong, the returned error lists every wrong one, each a
-// *FieldError.
+// *FieldError; it also holds the server's refusal of the workload's
+// Namespace (Servers.CheckNamespace), which is no annotation's fault.
 func Parse(annotations map[string]string, d Defaults) (handler.Config, error) {
 	return parse(annotations, nil, "", d)
 }
@@ -119,7 +125,7 @@ func parse(own, nsAnnotations map[string]string, namespace string, d Defaults) (
 		CooldownPeriod: d.CooldownPeriod,
 		PollingPeriod:  d.PollingInterval,
 		MinReplicas:    1,
-		Metadata:       scaler.Metadata{UptimeFilter: d.UptimeFilter},
+		Metadata:       scaler.Metadata{UptimeFilter: d.UptimeFilter, Namespace: namespace},
 	}
 	var errs []error
 	bad := func(annotation, reason string) {
@@ -178,6 +184,12 @@ func parse(own, nsAnnotations map[string]string, namespace string, d Defaults) (
 	}
 
 	parseTuning(annotations, d, &cfg, bad)
+	// A workload that asks a server must have a tenant there, if the
+	// server's tenant is chosen per Namespace. Its annotations cannot
+	// help it, so the error names none.
+	if err := d.Servers.CheckNamespace(cfg.Metadata.ServerAddress, namespace); err != nil {
+		errs = append(errs, err)
+	}
 	return done(cfg, errs)
 }
 

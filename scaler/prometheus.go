@@ -23,6 +23,9 @@ type prometheusMetadata struct {
 	Threshold     float64           `json:"threshold,string"`
 	UptimeFilter  string            `json:"uptimeFilter"`
 	Headers       map[string]string `json:"headers"`
+	// Namespace is the workload's: it chooses the tenant of a server with
+	// a tenant setting.
+	Namespace string `json:"namespace"`
 }
 
 // Metadata is prometheusMetadata under a name other packages can use: the
@@ -102,6 +105,16 @@ func New(servers *Servers, md Metadata, cooldown time.Duration) (*prometheusScal
 		headers[http.CanonicalHeaderKey(k)] = v
 	}
 	maps.Copy(headers, s.defaultHeaders)
+	// The tenant header comes last and from the Namespace alone; no other
+	// source may set it (CheckWorkloadHeader, NewServers), so it is sent
+	// once, and being among the headers it keeps tenants' answers apart.
+	name, tenant, err := srv.tenantHeaders(md.Namespace)
+	if err != nil {
+		return nil, err
+	}
+	if name != "" {
+		headers[name] = tenant
+	}
 	s.metric = newQuestion(md.ServerAddress, md.Query, headers)
 	return s, nil
 }

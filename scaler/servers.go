@@ -74,6 +74,9 @@ type FileConfig struct {
 type ServerConfig struct {
 	URL              string                  `yaml:"url"`
 	HTTPClientConfig config.HTTPClientConfig `yaml:",inline"`
+	// Tenant, if set, makes the tenant of each query the workload's
+	// Namespace's (see TenantConfig).
+	Tenant *TenantConfig `yaml:"tenant,omitempty"`
 }
 
 // Servers holds one HTTP client per allowed Prometheus server and shares
@@ -102,6 +105,9 @@ type server struct {
 	// for the default server): each reaches it once, with the operator's
 	// value, and no workload may send one.
 	fixed map[string]bool
+	// tenant, if set, chooses the tenant header's value from the
+	// workload's Namespace; its header is among fixed.
+	tenant *tenant
 
 	mu      sync.Mutex
 	answers map[string]answer
@@ -160,7 +166,7 @@ func NewServers(o Options) (*Servers, error) {
 		clock:           o.Clock,
 		observe:         o.ObserveQuery,
 	}
-	add := func(addr string, cfg config.HTTPClientConfig) error {
+	add := func(addr string, cfg config.HTTPClientConfig, t *tenant) error {
 		norm, err := NormalizeAddress(addr)
 		if err != nil {
 			return err
@@ -172,6 +178,10 @@ func NewServers(o Options) (*Servers, error) {
 		if err != nil {
 			return fmt.Errorf("prometheus server %s: %w", norm, err)
 		}
+		if t != nil {
+			srv.tenant = t
+			srv.fixed[t.header] = true
+		}
 		s.byAddress[norm] = srv
 		return nil
 	}
@@ -182,7 +192,13 @@ func NewServers(o Options) (*Servers, error) {
 			return nil, err
 		}
 		for _, sc := range fc.Servers {
-			if err := add(sc.URL, sc.HTTPClientConfig); err != nil {
+			t, err := tenantOf(sc)
+			if err != nil {
+				// LoadFileConfig checked it; this is for callers that
+				// build a FileConfig themselves.
+				return nil, fmt.Errorf("prometheus server %s: %w", sc.URL, err)
+			}
+			if err := add(sc.URL, sc.HTTPClientConfig, t); err != nil {
 				return nil, err
 			}
 		}
@@ -212,7 +228,7 @@ func NewServers(o Options) (*Servers, error) {
 		if o.BearerTokenFile != "" {
 			cfg.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: o.BearerTokenFile}
 		}
-		if err := add(def, cfg); err != nil {
+		if err := add(def, cfg, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -227,7 +243,7 @@ func NewServers(o Options) (*Servers, error) {
 		if _, ok := s.byAddress[norm]; ok {
 			continue
 		}
-		if err := add(norm, noRedirects()); err != nil {
+		if err := add(norm, noRedirects(), nil); err != nil {
 			return nil, err
 		}
 	}
@@ -288,19 +304,23 @@ func CheckHeader(name, value string) error {
 // CheckWorkloadHeader says whether a workload may send the header name to
 // the server at address (normalised; empty for the default server): the
 // name must be on --allowed-workload-header, and the operator must not set
-// that header for that server.
+// that header for that server, in http_headers or as its tenant header.
 func (s *Servers) CheckWorkloadHeader(address, name string) error {
 	c := http.CanonicalHeaderKey(name)
 	if reservedHeader(c) {
 		return fmt.Errorf("sets %s, which zeroscaler never takes from a workload", c)
 	}
-	if !s.workloadHeaders[c] {
-		return fmt.Errorf("sets %s, which is not on --allowed-workload-header", c)
-	}
 	if address == "" {
 		address = s.defaultAddress
 	}
-	if srv, ok := s.byAddress[address]; ok && srv.fixed[c] {
+	srv, known := s.byAddress[address]
+	if known && srv.tenant != nil && srv.tenant.header == c {
+		return fmt.Errorf("sets %s, the tenant header of this server, which the operator sets from the Namespace (tenant in --prometheus-config)", c)
+	}
+	if !s.workloadHeaders[c] {
+		return fmt.Errorf("sets %s, which is not on --allowed-workload-header", c)
+	}
+	if known && srv.fixed[c] {
 		return fmt.Errorf("sets %s, which the operator sets for this server", c)
 	}
 	return nil
@@ -329,6 +349,9 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
 		}
 		if _, err := fileHeaderNames(sc.HTTPClientConfig); err != nil {
+			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
+		}
+		if _, err := tenantOf(*sc); err != nil {
 			return nil, fmt.Errorf("prometheus config %s: servers[%d] (%s): %w", path, i, sc.URL, err)
 		}
 	}

@@ -179,6 +179,8 @@ func (anyServer) Allowed(address string) (string, error) {
 
 func (anyServer) CheckWorkloadHeader(string, string) error { return nil }
 
+func (anyServer) CheckNamespace(string, string) error { return nil }
+
 // state decides a workload's state from its zeroscaler.io/ annotations,
 // with the informer's own parser.
 func state(ann map[string]string, asleep bool) (state, problem string) {
