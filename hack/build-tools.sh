@@ -42,3 +42,13 @@ build helm "$root/hack/tools/helm" helm.sh/helm/v3/cmd/helm \
 	"-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=37 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=37"
 build golangci-lint "$root/hack/tools/golangci-lint" github.com/golangci/golangci-lint/v2/cmd/golangci-lint \
 	"-s -w -X main.version=v2.15.0"
+
+# The metrics backends of the end-to-end matrix besides Debian's Prometheus
+# 2.42: Prometheus 3 (bin/prometheus3; about 8 minutes and 3 GB cold) and
+# single-node VictoriaMetrics. Both report the versions they were built as.
+prom3_version=3.16.0
+build prometheus3 "$root/hack/tools/prometheus3" github.com/prometheus/prometheus/cmd/prometheus \
+	"-s -w -X github.com/prometheus/common/version.Version=$prom3_version -X github.com/prometheus/common/version.Revision=v0.316.0 -X github.com/prometheus/common/version.Branch=HEAD"
+vm_version=v1.151.0
+build victoria-metrics "$root/hack/tools/victoriametrics" github.com/VictoriaMetrics/VictoriaMetrics/app/victoria-metrics \
+	"-s -w -X github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo.Version=victoria-metrics-$vm_version"
