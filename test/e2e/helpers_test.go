@@ -254,16 +254,6 @@ func setMetric(t *testing.T, series string, v float64) {
 	}
 }
 
-// deleteMetric removes a series and waits until Prometheus returns nothing
-// for it.
-func deleteMetric(t *testing.T, series string) {
-	t.Helper()
-	stack.Exporter.Delete(series)
-	if err := stack.WaitForValue(testContext(t), "absent("+stack.Exporter.Query(series)+")", 1); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // --- workloads ---
 
 type kind string
