@@ -2,8 +2,9 @@
 #
 # bin/ holds the daemon (bin/zeroscaler), the local control plane used by
 # the end-to-end tests (bin/etcd, bin/kube-apiserver,
-# bin/kube-controller-manager, bin/kubectl), and the developer tools
-# (bin/helm, bin/golangci-lint).
+# bin/kube-controller-manager, bin/kubectl), the metrics backends besides
+# Debian's Prometheus (bin/prometheus3, bin/victoria-metrics, bin/cortex), and
+# the developer tools (bin/helm, bin/golangci-lint).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -28,7 +29,7 @@ build: ## Build the daemon into bin/zeroscaler
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/zeroscaler .
 
 .PHONY: tools
-tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm and golangci-lint into bin/ (skips what is up to date)
+tools: ## Build etcd, kube-apiserver, kube-controller-manager, kubectl, helm, golangci-lint, prometheus3, victoria-metrics and cortex into bin/ (skips what is up to date)
 	bash hack/build-tools.sh
 
 .PHONY: prometheus
@@ -58,9 +59,21 @@ test-rules: prometheus ## Check the alert rules and run their promtool unit test
 test-unit: prometheus ## Run the unit tests with the race detector (promtool checks /metrics and the dashboard)
 	$(GO) test -race ./...
 
+# The metrics backends of the end-to-end suite (ZEROSCALER_BACKENDS; see the
+# README's "Backends"): the scenarios that talk to a backend run against each,
+# and the first, a Prometheus, also serves every other test.
+E2E_BACKENDS ?= prometheus3,prometheus2,victoriametrics
+# The scenarios that run per backend, for test-matrix.
+MATRIX_TESTS := ^TestScenario(SleepAndWake|PrometheusOutage|EmptyResult|SeveralSeries|DefaultSettings|BurstBetweenChecksKeepsItAwake)$$
+MATRIX_BACKENDS ?= prometheus2,victoriametrics
+
 .PHONY: test-e2e
-test-e2e: tools prometheus ## Run the end-to-end tests against a local API server and Prometheus
-	KUBEBUILDER_ASSETS=$(BIN) $(GO) test -race -tags e2e -count=1 -timeout 30m ./test/e2e/...
+test-e2e: tools prometheus ## Run the end-to-end tests against a local API server and each metrics backend (E2E_BACKENDS)
+	ZEROSCALER_BACKENDS=$(E2E_BACKENDS) KUBEBUILDER_ASSETS=$(BIN) $(GO) test -race -tags e2e -count=1 -timeout 30m ./test/e2e/...
+
+.PHONY: test-matrix
+test-matrix: tools prometheus ## Run only the backend scenarios, against MATRIX_BACKENDS
+	ZEROSCALER_BACKENDS=$(MATRIX_BACKENDS) KUBEBUILDER_ASSETS=$(BIN) $(GO) test -race -tags e2e -count=1 -timeout 30m -run '$(MATRIX_TESTS)' ./test/e2e/...
 
 ##@ Code
 

@@ -45,6 +45,16 @@ build helm "$root/hack/tools/helm" helm.sh/helm/v3/cmd/helm \
 build golangci-lint "$root/hack/tools/golangci-lint" github.com/golangci/golangci-lint/v2/cmd/golangci-lint \
 	"-s -w -X main.version=v2.15.0"
 
+# The metrics backends of the end-to-end matrix besides Debian's Prometheus
+# 2.42: Prometheus 3 (bin/prometheus3; about 8 minutes and 3 GB cold) and
+# single-node VictoriaMetrics. Both report the versions they were built as.
+prom3_version=3.16.0
+build prometheus3 "$root/hack/tools/prometheus3" github.com/prometheus/prometheus/cmd/prometheus \
+	"-s -w -X github.com/prometheus/common/version.Version=$prom3_version -X github.com/prometheus/common/version.Revision=v0.316.0 -X github.com/prometheus/common/version.Branch=HEAD"
+vm_version=v1.151.0
+build victoria-metrics "$root/hack/tools/victoriametrics" github.com/VictoriaMetrics/VictoriaMetrics/app/victoria-metrics \
+	"-s -w -X github.com/VictoriaMetrics/VictoriaMetrics/lib/buildinfo.Version=victoria-metrics-$vm_version"
+
 # Cortex, the multi-tenant store of the e2e suite. Its Makefile builds with
 # the slicelabels tag: its label adapters cast Prometheus' labels as a slice,
 # which is only right with that layout.

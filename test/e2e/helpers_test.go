@@ -126,6 +126,12 @@ type daemon struct {
 // without a data race; if the test failed, its output is logged.
 func startDaemon(t *testing.T, name, ns string, extra ...string) *daemon {
 	t.Helper()
+	return startDaemonOn(t, stack.PrometheusURL, name, ns, extra...)
+}
+
+// startDaemonOn is startDaemon with promURL as --prometheus-address.
+func startDaemonOn(t *testing.T, promURL, name, ns string, extra ...string) *daemon {
+	t.Helper()
 	port, err := localstack.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -133,7 +139,7 @@ func startDaemon(t *testing.T, name, ns string, extra ...string) *daemon {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := []string{
 		"--kubeconfig", stack.KubeconfigPath,
-		"--prometheus-address", stack.PrometheusURL,
+		"--prometheus-address", promURL,
 		"--leader-elect=false",
 		"--metrics-address", addr,
 		"--log-level", "debug",
@@ -244,16 +250,6 @@ func setMetric(t *testing.T, series string, v float64) {
 	stack.Exporter.Set(series, v)
 	t.Cleanup(func() { stack.Exporter.Delete(series) })
 	if err := stack.WaitForValue(testContext(t), stack.Exporter.Query(series), v); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// deleteMetric removes a series and waits until Prometheus returns nothing
-// for it.
-func deleteMetric(t *testing.T, series string) {
-	t.Helper()
-	stack.Exporter.Delete(series)
-	if err := stack.WaitForValue(testContext(t), "absent("+stack.Exporter.Query(series)+")", 1); err != nil {
 		t.Fatal(err)
 	}
 }

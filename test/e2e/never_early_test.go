@@ -18,6 +18,10 @@ import (
 // confirmation query over the window asks it before any sleep.
 func TestScenarioBurstBetweenChecksKeepsItAwake(t *testing.T) {
 	t.Parallel()
+	forEachBackend(t, testBurstBetweenChecks)
+}
+
+func testBurstBetweenChecks(t *testing.T, b *backend) {
 	const (
 		poll  = 4 * time.Second
 		cool  = 6 * time.Second
@@ -27,10 +31,10 @@ func TestScenarioBurstBetweenChecksKeepsItAwake(t *testing.T) {
 	ns := newNamespace(t, cs)
 	series := ns + "/web"
 	query := stack.Exporter.Query(series)
-	setMetric(t, series, 0)
+	b.setMetric(t, series, 0)
 	w := createWorkload(t, cs, deployment, ns, "web", 3,
 		annotations(query, annPolling, poll.String(), annCooldown, cool.String()))
-	d := startDaemon(t, "zeroscaler", ns)
+	d := b.startDaemon(t, "zeroscaler", ns)
 
 	// The first idle reading starts the stretch; right after the next
 	// check, a burst that ends before the check after it.
@@ -40,9 +44,9 @@ func TestScenarioBurstBetweenChecksKeepsItAwake(t *testing.T) {
 		n := d.checks(t)
 		return n > first, fmt.Sprintf("%v checks", n), nil
 	})
-	setMetric(t, series, 5)
+	b.setMetric(t, series, 5)
 	time.Sleep(burst)
-	setMetric(t, series, 0)
+	b.setMetric(t, series, 0)
 	burstEnded := time.Now()
 
 	// The stretch seen by the daemon reaches the cooldown at the next

@@ -24,6 +24,10 @@ import (
 // its count recorded, and woken to exactly that count when its metric rises.
 func TestScenarioSleepAndWake(t *testing.T) {
 	t.Parallel()
+	forEachBackend(t, func(t *testing.T, b *backend) { testSleepAndWake(t, b) })
+}
+
+func testSleepAndWake(t *testing.T, b *backend) {
 	for _, k := range []kind{deployment, statefulSet} {
 		t.Run(string(k), func(t *testing.T) {
 			t.Parallel()
@@ -31,11 +35,11 @@ func TestScenarioSleepAndWake(t *testing.T) {
 			ns := newNamespace(t, cs)
 			series := ns + "/web"
 			query := stack.Exporter.Query(series)
-			setMetric(t, series, 0)
+			b.setMetric(t, series, 0)
 			w := createWorkload(t, cs, k, ns, "web", 3, annotations(query))
 
 			began := time.Now()
-			startDaemon(t, "zeroscaler", ns)
+			b.startDaemon(t, "zeroscaler", ns)
 			s := w.waitAsleep(t, 3)
 			if took := time.Since(began); took < cooldown {
 				t.Errorf("%s scaled to zero %v after the daemon started, before its %v cooldown", w, took, cooldown)
@@ -46,7 +50,7 @@ func TestScenarioSleepAndWake(t *testing.T) {
 			}
 			w.waitForEvent(t, reasonScaledToZero, corev1.EventTypeNormal, query+" = 0 < 1")
 
-			setMetric(t, series, 5)
+			b.setMetric(t, series, 5)
 			w.waitAwake(t, settle, 3)
 			w.waitForEvent(t, reasonScaledFromZero, corev1.EventTypeNormal, query+" = 5 >= 1")
 			w.holdStill(t, 3*polling, "while its metric is active", func(s snapshot) error {
@@ -61,35 +65,41 @@ func TestScenarioSleepAndWake(t *testing.T) {
 
 // Scenario 4: while Prometheus is down, an idle awake workload is not
 // scaled down however long the outage lasts, and a sleeping one is woken.
-// Not parallel: it stops the Prometheus every test shares.
+// Not parallel: it stops each backend, the stack's own included, that other
+// tests share; the backends' subtests run in parallel, each stopping only
+// its own.
 func TestScenarioPrometheusOutage(t *testing.T) {
+	forEachBackend(t, testPrometheusOutage)
+}
+
+func testPrometheusOutage(t *testing.T, b *backend) {
 	cs := clientset(t)
 	ns := newNamespace(t, cs)
 	// Long enough that stopping Prometheus surely happens within the idle
 	// workload's cooldown.
 	const idleCooldown = 8 * time.Second
 	idleSeries, sleeperSeries := ns+"/idle", ns+"/sleeper"
-	setMetric(t, sleeperSeries, 0)
-	setMetric(t, idleSeries, 5) // active until the other one sleeps
+	b.setMetric(t, sleeperSeries, 0)
+	b.setMetric(t, idleSeries, 5) // active until the other one sleeps
 	sleeper := createWorkload(t, cs, deployment, ns, "sleeper", 3, annotations(stack.Exporter.Query(sleeperSeries)))
 	idle := createWorkload(t, cs, deployment, ns, "idle", 2,
 		annotations(stack.Exporter.Query(idleSeries), annCooldown, idleCooldown.String()))
-	d := startDaemon(t, "zeroscaler", ns)
+	d := b.startDaemon(t, "zeroscaler", ns)
 	sleeper.waitAsleep(t, 3)
 
 	// Make the second workload idle, and stop Prometheus as soon as the
 	// daemon has seen it idle: it is cooling down, awake.
-	setMetric(t, idleSeries, 0)
+	b.setMetric(t, idleSeries, 0)
 	d.waitForState(t, "idle", 1)
 	seenIdle := time.Now()
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
-		if err := stack.StartPrometheus(ctx); err != nil {
+		if err := b.Start(ctx); err != nil {
 			t.Errorf("restart prometheus: %v", err)
 		}
 	})
-	if err := stack.StopPrometheus(); err != nil {
+	if err := b.Stop(); err != nil {
 		t.Fatalf("stop prometheus: %v", err)
 	}
 	outageBegan := time.Now()
@@ -127,7 +137,7 @@ func TestScenarioPrometheusOutage(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), patience)
 	defer cancel()
-	if err := stack.StartPrometheus(ctx); err != nil {
+	if err := b.Start(ctx); err != nil {
 		t.Fatalf("restart prometheus: %v", err)
 	}
 	t.Logf("prometheus was down for %v", time.Since(outageBegan).Round(time.Millisecond))
@@ -140,15 +150,19 @@ func TestScenarioPrometheusOutage(t *testing.T) {
 // is not scaled down and a sleeping one is not woken.
 func TestScenarioEmptyResult(t *testing.T) {
 	t.Parallel()
+	forEachBackend(t, testEmptyResult)
+}
+
+func testEmptyResult(t *testing.T, b *backend) {
 	cs := clientset(t)
 	ns := newNamespace(t, cs)
 	quietSeries, sleeperSeries := ns+"/quiet", ns+"/sleeper" // quietSeries is not set: its query returns nothing
-	setMetric(t, sleeperSeries, 0)
+	b.setMetric(t, sleeperSeries, 0)
 	quiet := createWorkload(t, cs, deployment, ns, "quiet", 2, annotations(stack.Exporter.Query(quietSeries)))
 	sleeper := createWorkload(t, cs, statefulSet, ns, "sleeper", 3, annotations(stack.Exporter.Query(sleeperSeries)))
-	d := startDaemon(t, "zeroscaler", ns)
+	d := b.startDaemon(t, "zeroscaler", ns)
 	sleeper.waitAsleep(t, 3)
-	deleteMetric(t, sleeperSeries)
+	b.deleteMetric(t, sleeperSeries)
 
 	quiet.waitForEvent(t, reasonMetricUnavailable, corev1.EventTypeWarning)
 	sleeper.waitForEvent(t, reasonMetricUnavailable, corev1.EventTypeWarning)
@@ -178,8 +192,8 @@ func TestScenarioEmptyResult(t *testing.T) {
 
 	// Once there is data, both move: the sleeper wakes, the quiet one
 	// sleeps.
-	setMetric(t, sleeperSeries, 5)
-	setMetric(t, quietSeries, 0)
+	b.setMetric(t, sleeperSeries, 5)
+	b.setMetric(t, quietSeries, 0)
 	sleeper.waitAwake(t, settle, 3)
 	quiet.waitAsleep(t, 2)
 }

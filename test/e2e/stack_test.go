@@ -1,7 +1,9 @@
 //go:build e2e
 
 // Package e2e runs zeroscaler against a real API server and a real
-// Prometheus, started once for the whole package by TestMain.
+// Prometheus, started once for the whole package by TestMain, and runs the
+// scenarios that talk to a metrics backend against each backend of the
+// matrix (backends_test.go).
 package e2e
 
 import (
@@ -52,16 +54,21 @@ func run(m *testing.M) int {
 	ctrllog.SetLogger(funcr.New(func(prefix, args string) {
 		fmt.Fprintln(os.Stderr, prefix, args)
 	}, funcr.Options{}))
+	backends, err := matrixBackends()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", backendsEnv, err)
+		return 1
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	began := time.Now()
-	s, err := localstack.Start(ctx, localstack.Options{})
+	s, err := localstack.Start(ctx, localstack.Options{Metrics: localstack.MetricsOptions{Backend: backends[0]}})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "start local stack: %v\n", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "local stack started in %v (api server %s, prometheus %s)\n",
-		time.Since(began).Round(time.Millisecond), s.RESTConfig.Host, s.PrometheusURL)
+	fmt.Fprintf(os.Stderr, "local stack started in %v (api server %s, %s %s)\n",
+		time.Since(began).Round(time.Millisecond), s.RESTConfig.Host, backends[0], s.PrometheusURL)
 	stack = s
 	defer func() {
 		began := time.Now()
@@ -70,6 +77,10 @@ func run(m *testing.M) int {
 		}
 		fmt.Fprintf(os.Stderr, "local stack stopped in %v\n", time.Since(began).Round(time.Millisecond))
 	}()
+	if err := startMatrix(ctx, backends); err != nil {
+		fmt.Fprintf(os.Stderr, "start metrics backends: %v\n", err)
+		return 1
+	}
 	return m.Run()
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -231,7 +232,7 @@ func TestScrapeJobValidation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir := t.TempDir()
-			p, err := newPromServer("prometheus", dir, "127.0.0.1:9", tt.jobs)
+			p, err := newPromServer("prometheus", MetricsOptions{Backend: Prometheus2}, dir, "127.0.0.1:9", tt.jobs)
 			if gotErr := err != nil; gotErr != tt.wantErr {
 				t.Fatalf("newPromServer() error = %v, want error %v", err, tt.wantErr)
 			}
@@ -253,6 +254,108 @@ func TestScrapeJobValidation(t *testing.T) {
 				if err != nil {
 					t.Errorf("promtool check config: %v\n%s", err, out)
 				}
+			}
+		})
+	}
+}
+
+// Each backend gets a configuration it accepts: the lab settings, or with
+// DefaultSettings no global section at all, only each job's interval.
+func TestBackendConfig(t *testing.T) {
+	tests := []struct {
+		name       string
+		opts       MetricsOptions
+		want       []string
+		wantNot    []string
+		wantArgs   []string
+		prometheus bool // promtool can check it
+	}{
+		{
+			name:       "prometheus 2, lab settings",
+			opts:       MetricsOptions{Backend: Prometheus2},
+			want:       []string{"scrape_interval: 1s", "evaluation_interval: 1s"},
+			wantArgs:   []string{"--web.enable-lifecycle"},
+			prometheus: true,
+		},
+		{
+			name:       "prometheus 3, default settings",
+			opts:       MetricsOptions{Backend: Prometheus3, DefaultSettings: true},
+			want:       []string{"scrape_interval: 5s"},
+			wantNot:    []string{"global", "evaluation_interval", "scrape_interval: 1s"},
+			prometheus: true,
+		},
+		{
+			name:       "prometheus 2, default settings, 15s",
+			opts:       MetricsOptions{Backend: Prometheus2, DefaultSettings: true, ScrapeInterval: 15 * time.Second},
+			want:       []string{"scrape_interval: 15s"},
+			wantNot:    []string{"global", "evaluation_interval"},
+			prometheus: true,
+		},
+		{
+			name:     "victoriametrics, lab settings",
+			opts:     MetricsOptions{Backend: VictoriaMetrics},
+			want:     []string{"scrape_interval: 1s"},
+			wantNot:  []string{"evaluation_interval"},
+			wantArgs: []string{"-search.latencyOffset=1s", "-promscrape.config="},
+		},
+		{
+			name:    "victoriametrics, default settings",
+			opts:    MetricsOptions{Backend: VictoriaMetrics, DefaultSettings: true},
+			want:    []string{"scrape_interval: 5s"},
+			wantNot: []string{"global", "evaluation_interval", "latencyOffset"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := newPromServer("x", tt.opts, t.TempDir(), "127.0.0.1:9", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, err := os.ReadFile(p.configPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := string(data) + strings.Join(p.args(), " ")
+			for _, want := range append(tt.want, tt.wantArgs...) {
+				if !strings.Contains(cfg, want) {
+					t.Errorf("config and arguments lack %q:\n%s", want, cfg)
+				}
+			}
+			for _, not := range tt.wantNot {
+				if strings.Contains(cfg, not) {
+					t.Errorf("config and arguments hold %q:\n%s", not, cfg)
+				}
+			}
+			if promtool, err := exec.LookPath("promtool"); err == nil && tt.prometheus {
+				out, err := exec.Command(promtool, "check", "config", p.configPath).CombinedOutput()
+				if err != nil {
+					t.Errorf("promtool check config: %v\n%s", err, out)
+				}
+			}
+		})
+	}
+}
+
+func TestParseBackends(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    []Backend
+		wantErr bool
+	}{
+		{in: "prometheus3", want: []Backend{Prometheus3}},
+		{in: " prometheus2, victoriametrics ,", want: []Backend{Prometheus2, VictoriaMetrics}},
+		{in: "", wantErr: true},
+		{in: "cortex2", wantErr: true},
+		{in: "prometheus3,prometheus3", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseBackends(tt.in)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("ParseBackends(%q) error = %v, want error %v", tt.in, err, tt.wantErr)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("ParseBackends(%q) = %v, want %v", tt.in, got, tt.want)
 			}
 		})
 	}

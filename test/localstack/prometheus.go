@@ -2,6 +2,7 @@ package localstack
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,7 +35,7 @@ const (
 	ExporterJob   = "exporter"
 )
 
-var errRunning = errors.New("prometheus is already running")
+var errRunning = errors.New("the metrics backend is already running")
 
 // ScrapeJob is one static scrape job in Prometheus' configuration.
 type ScrapeJob struct {
@@ -46,10 +47,15 @@ type ScrapeJob struct {
 	MetricsPath string
 }
 
-// promServer is the Prometheus child process. Its address, configuration and
-// storage outlive the process, so that it can be restarted.
+// promServer is the metrics backend's child process: a Prometheus, or
+// another store that scrapes with a Prometheus-style configuration. Its
+// address, configuration and storage outlive the process, so that it can be
+// restarted.
 type promServer struct {
 	path       string
+	backend    Backend
+	defaults   bool          // the backend's own global settings (see MetricsOptions.DefaultSettings)
+	interval   time.Duration // each job's scrape interval when defaults is set
 	addr       string
 	url        string
 	configPath string
@@ -63,13 +69,19 @@ type promServer struct {
 	closed bool          // set by shutdown: no more spawns
 }
 
-func newPromServer(path, dir, exporterAddr string, extra []ScrapeJob) (*promServer, error) {
+func newPromServer(path string, mo MetricsOptions, dir, exporterAddr string, extra []ScrapeJob) (*promServer, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s dir: %w", mo.Backend, err)
+	}
 	p := &promServer{
 		path:       path,
+		backend:    mo.Backend,
+		defaults:   mo.DefaultSettings,
+		interval:   cmp.Or(mo.ScrapeInterval, defaultSettingsScrapeInterval),
 		addr:       loopback(port),
 		configPath: filepath.Join(dir, "prometheus.yml"),
 		storageDir: filepath.Join(dir, "prometheus-data"),
@@ -117,24 +129,39 @@ func (p *promServer) writeConfig() error {
 		Targets []string `json:"targets"`
 	}
 	type scrapeConfig struct {
-		JobName       string         `json:"job_name"`
-		MetricsPath   string         `json:"metrics_path,omitempty"`
-		StaticConfigs []staticConfig `json:"static_configs"`
+		JobName        string         `json:"job_name"`
+		ScrapeInterval string         `json:"scrape_interval,omitempty"`
+		MetricsPath    string         `json:"metrics_path,omitempty"`
+		StaticConfigs  []staticConfig `json:"static_configs"`
 	}
 	type global struct {
 		ScrapeInterval     string `json:"scrape_interval"`
 		ScrapeTimeout      string `json:"scrape_timeout"`
-		EvaluationInterval string `json:"evaluation_interval"`
+		EvaluationInterval string `json:"evaluation_interval,omitempty"`
 	}
 	cfg := struct {
-		Global        global         `json:"global"`
+		Global        *global        `json:"global,omitempty"`
 		ScrapeConfigs []scrapeConfig `json:"scrape_configs"`
-	}{Global: global{ScrapeInterval: "1s", ScrapeTimeout: "1s", EvaluationInterval: "1s"}}
+	}{}
+	jobInterval := ""
+	switch {
+	case p.defaults:
+		// No global section: the server's own defaults (Prometheus'
+		// evaluation_interval is 1m), and only each job's interval.
+		jobInterval = model.Duration(p.interval).String()
+	case p.backend == VictoriaMetrics:
+		// VictoriaMetrics has no rule evaluation here, and its strict
+		// parser refuses Prometheus' evaluation_interval.
+		cfg.Global = &global{ScrapeInterval: "1s", ScrapeTimeout: "1s"}
+	default:
+		cfg.Global = &global{ScrapeInterval: "1s", ScrapeTimeout: "1s", EvaluationInterval: "1s"}
+	}
 	for _, j := range p.jobs {
 		cfg.ScrapeConfigs = append(cfg.ScrapeConfigs, scrapeConfig{
-			JobName:       j.Name,
-			MetricsPath:   j.MetricsPath,
-			StaticConfigs: []staticConfig{{Targets: j.Targets}},
+			JobName:        j.Name,
+			ScrapeInterval: jobInterval,
+			MetricsPath:    j.MetricsPath,
+			StaticConfigs:  []staticConfig{{Targets: j.Targets}},
 		})
 	}
 	data, err := yaml.Marshal(cfg)
@@ -167,12 +194,7 @@ func (p *promServer) spawn() error {
 		return fmt.Errorf("open prometheus log: %w", err)
 	}
 	defer logFile.Close() // the child has its own copy
-	cmd := exec.Command(p.path,
-		"--config.file="+p.configPath,
-		"--storage.tsdb.path="+p.storageDir,
-		"--web.listen-address="+p.addr,
-		"--web.enable-lifecycle",
-	)
+	cmd := exec.Command(p.path, p.args()...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = childAttr()
@@ -186,6 +208,30 @@ func (p *promServer) spawn() error {
 		close(done)
 	}(p.done)
 	return nil
+}
+
+// args are the command line of the backend's process.
+func (p *promServer) args() []string {
+	if p.backend == VictoriaMetrics {
+		args := []string{
+			"-httpListenAddr=" + p.addr,
+			"-storageDataPath=" + p.storageDir,
+			"-promscrape.config=" + p.configPath,
+		}
+		if !p.defaults {
+			// It answers "now" as of 30s ago by default, so that the
+			// last points are complete: a lab setting, like the 1s
+			// intervals.
+			args = append(args, "-search.latencyOffset=1s")
+		}
+		return args
+	}
+	return []string{
+		"--config.file=" + p.configPath,
+		"--storage.tsdb.path=" + p.storageDir,
+		"--web.listen-address=" + p.addr,
+		"--web.enable-lifecycle",
+	}
 }
 
 // waitReady waits until Prometheus answers /-/ready and has a sample
@@ -333,10 +379,10 @@ func (p *promServer) logTail() string {
 }
 
 // AddScrapeJob adds a scrape job, for example the daemon's own /metrics
-// address, and reloads Prometheus if it is running. It does not wait for the
-// first scrape: wait for up{job="NAME"} with WaitForValue.
-func (s *Stack) AddScrapeJob(ctx context.Context, job ScrapeJob) error {
-	p := s.prom
+// address, and reloads the backend if it is running. It does not wait for
+// the first scrape: wait for up{job="NAME"} with WaitForValue.
+func (m *MetricsServer) AddScrapeJob(ctx context.Context, job ScrapeJob) error {
+	p := m.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.checkJob(job); err != nil {
@@ -351,13 +397,13 @@ func (s *Stack) AddScrapeJob(ctx context.Context, job ScrapeJob) error {
 }
 
 // RemoveScrapeJob removes a job added by Options.ScrapeJobs or AddScrapeJob
-// and reloads Prometheus if it is running. Removing an unknown job is not an
-// error.
-func (s *Stack) RemoveScrapeJob(ctx context.Context, name string) error {
+// and reloads the backend if it is running. Removing an unknown job is not
+// an error.
+func (m *MetricsServer) RemoveScrapeJob(ctx context.Context, name string) error {
 	if name == PrometheusJob || name == ExporterJob {
 		return fmt.Errorf("scrape job %q is built in", name)
 	}
-	p := s.prom
+	p := m.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	i := slices.IndexFunc(p.jobs, func(j ScrapeJob) bool { return j.Name == name })
@@ -371,14 +417,15 @@ func (s *Stack) RemoveScrapeJob(ctx context.Context, name string) error {
 	return p.reload(ctx)
 }
 
-// WaitForValue polls Prometheus until the instant query promql returns a
+// WaitForValue polls the backend until the instant query promql returns a
 // single sample (or a scalar) equal to want, or ctx ends. Query errors, such
-// as during a Prometheus outage, are retried. The error on timeout tells what
-// the query returned last.
-func (s *Stack) WaitForValue(ctx context.Context, promql string, want float64) error {
+// as during an outage, are retried. The error on timeout tells what the
+// query returned last. The query is answered as the daemon's would be, as
+// of the backend's "now" (VictoriaMetrics' -search.latencyOffset included).
+func (m *MetricsServer) WaitForValue(ctx context.Context, promql string, want float64) error {
 	var last string
 	for {
-		got, err := s.queryOne(ctx, promql)
+		got, err := m.queryOne(ctx, promql)
 		switch {
 		case err != nil:
 			last = err.Error()
@@ -396,8 +443,8 @@ func (s *Stack) WaitForValue(ctx context.Context, promql string, want float64) e
 }
 
 // queryOne runs an instant query that must return exactly one value.
-func (s *Stack) queryOne(ctx context.Context, promql string) (float64, error) {
-	val, _, _, err := s.PromAPI.Query(ctx, promql, time.Now())
+func (m *MetricsServer) queryOne(ctx context.Context, promql string) (float64, error) {
+	val, _, _, err := m.API.Query(ctx, promql, time.Time{})
 	if err != nil {
 		return 0, err
 	}

@@ -30,6 +30,9 @@ type Options struct {
 	// PrometheusPath is the Prometheus binary. Empty means BinDir/prometheus
 	// when that exists, else prometheus on PATH.
 	PrometheusPath string
+	// Metrics chooses the stack's metrics backend (Debian's Prometheus 2 by
+	// default) and its settings. PrometheusPath, when set, is its binary.
+	Metrics MetricsOptions
 	// ScrapeJobs are scraped besides the built-in jobs "prometheus" (itself)
 	// and "exporter" (Stack.Exporter). AddScrapeJob adds more later.
 	ScrapeJobs []ScrapeJob
@@ -57,13 +60,20 @@ type Stack struct {
 	PrometheusURL string
 	// PromAPI queries Prometheus.
 	PromAPI v1.API
+	// Metrics is the stack's metrics backend (Prometheus unless
+	// Options.Metrics chose another): PrometheusURL and PromAPI are its URL
+	// and API.
+	Metrics *MetricsServer
 
 	env      *envtest.Environment
 	envPIDs  []int    // etcd and kube-apiserver processes envtest started
 	envDirs  []string // their data and certificate directories, envtest's temp dirs
 	watchdog *watchdog
-	prom     *promServer
 	kcm      *controllerManager
+	binDir   string
+
+	mu    sync.Mutex
+	extra []*MetricsServer // started by StartMetrics
 
 	stopOnce sync.Once
 	stopErr  error
@@ -78,7 +88,12 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, err
 	}
-	promPath, err := resolvePrometheus(opts.PrometheusPath, binDir)
+	mo := opts.Metrics
+	mo.Backend = backendOrDefault(mo.Backend)
+	if opts.PrometheusPath != "" {
+		mo.Path = opts.PrometheusPath
+	}
+	promPath, err := resolveBackend(mo, binDir)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +101,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("create temp dir: %w", err)
 	}
-	s := &Stack{Dir: dir}
+	s := &Stack{Dir: dir, binDir: binDir}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, s.Stop())
@@ -96,18 +111,15 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 	if s.Exporter, err = startExporter(); err != nil {
 		return nil, err
 	}
-	if s.prom, err = newPromServer(promPath, dir, s.Exporter.Addr, opts.ScrapeJobs); err != nil {
+	if s.Metrics, err = newMetricsServer(promPath, mo, dir, s.Exporter.Addr, opts.ScrapeJobs); err != nil {
 		return nil, err
 	}
-	s.PrometheusURL = s.prom.url
-	if s.PromAPI, err = s.prom.api(); err != nil {
-		return nil, err
-	}
+	s.PrometheusURL, s.PromAPI = s.Metrics.URL, s.Metrics.API
 
 	// Prometheus takes about five seconds to its first scrape and envtest about
 	// three to start, so launch Prometheus first and wait for it last.
 	startedAt := time.Now()
-	if err := s.prom.spawn(); err != nil {
+	if err := s.Metrics.p.spawn(); err != nil {
 		return nil, err
 	}
 	if err := s.startControlPlane(binDir); err != nil {
@@ -118,7 +130,7 @@ func Start(ctx context.Context, opts Options) (_ *Stack, err error) {
 			return nil, err
 		}
 	}
-	if err := s.prom.waitReady(ctx, s.PromAPI, startedAt); err != nil {
+	if err := s.Metrics.p.waitReady(ctx, s.PromAPI, startedAt); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -220,20 +232,28 @@ func (s *Stack) AddUser(name string, groups ...string) (*rest.Config, string, er
 // address with the same storage, and waits as Start does. It does nothing if
 // Prometheus is running.
 func (s *Stack) StartPrometheus(ctx context.Context) error {
-	startedAt := time.Now()
-	if err := s.prom.spawn(); err != nil {
-		if errors.Is(err, errRunning) {
-			return nil
-		}
-		return err
-	}
-	return s.prom.waitReady(ctx, s.PromAPI, startedAt)
+	return s.Metrics.Start(ctx)
 }
 
 // StopPrometheus stops Prometheus (SIGTERM, then SIGKILL after 15 s) to
 // simulate an outage. It does nothing if Prometheus is not running.
 func (s *Stack) StopPrometheus() error {
-	return s.prom.stop()
+	return s.Metrics.Stop()
+}
+
+// WaitForValue is MetricsServer.WaitForValue on the stack's backend.
+func (s *Stack) WaitForValue(ctx context.Context, promql string, want float64) error {
+	return s.Metrics.WaitForValue(ctx, promql, want)
+}
+
+// AddScrapeJob is MetricsServer.AddScrapeJob on the stack's backend.
+func (s *Stack) AddScrapeJob(ctx context.Context, job ScrapeJob) error {
+	return s.Metrics.AddScrapeJob(ctx, job)
+}
+
+// RemoveScrapeJob is MetricsServer.RemoveScrapeJob on the stack's backend.
+func (s *Stack) RemoveScrapeJob(ctx context.Context, name string) error {
+	return s.Metrics.RemoveScrapeJob(ctx, name)
 }
 
 // Stop stops everything Start started and removes Dir. It is safe to call
@@ -244,8 +264,13 @@ func (s *Stack) Stop() error {
 	}
 	s.stopOnce.Do(func() {
 		var errs []error
-		if s.prom != nil {
-			errs = append(errs, s.prom.shutdown())
+		s.mu.Lock()
+		servers := append([]*MetricsServer{s.Metrics}, s.extra...)
+		s.mu.Unlock()
+		for _, m := range servers {
+			if m != nil {
+				errs = append(errs, m.p.shutdown())
+			}
 		}
 		if s.kcm != nil {
 			errs = append(errs, s.kcm.stop())
