@@ -7,6 +7,9 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
 	"github.com/zeroscaler/zeroscaler/handler"
 	"github.com/zeroscaler/zeroscaler/informer"
 )
@@ -104,6 +107,29 @@ func TestGroupPairs(t *testing.T) {
 		}
 		if len(namespaces) != g.groups() || len(questions) != g.K {
 			t.Errorf("%s: %d groups, %d questions; want %d, %d", g.name(), len(namespaces), len(questions), g.groups(), g.K)
+		}
+	}
+}
+
+// create makes the namespaces its Deployments are in (a fake clientset does
+// not check that they exist).
+func TestCreateMakesTheNamespaces(t *testing.T) {
+	for _, s := range []set{{N: 100, K: 10}, {N: 100, K: 10, Group: 10}, {N: 100, K: 10, Group: 10, AllAsk: true}} {
+		cs := fake.NewClientset()
+		if _, err := s.create(t.Context(), cs); err != nil {
+			t.Fatal(err)
+		}
+		deps, err := cs.AppsV1().Deployments("").List(t.Context(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(deps.Items) != s.N {
+			t.Errorf("%s: %d Deployments, want %d", s.name(), len(deps.Items), s.N)
+		}
+		for _, d := range deps.Items {
+			if _, err := cs.CoreV1().Namespaces().Get(t.Context(), d.Namespace, metav1.GetOptions{}); err != nil {
+				t.Fatalf("%s: %s/%s: %v", s.name(), d.Namespace, d.Name, err)
+			}
 		}
 	}
 }

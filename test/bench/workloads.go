@@ -76,9 +76,11 @@ func (s set) unit(i int) int {
 	return i / s.Group
 }
 
-func (s set) namespace(i int) string {
-	return fmt.Sprintf("zsb-%s-%d", s.name(), s.unit(i)%namespacesPerSet)
-}
+// namespace is workload i's namespace: that of its group, or its own.
+func (s set) namespace(i int) string { return s.namespaceName(s.unit(i) % namespacesPerSet) }
+
+// namespaceName is the set's namespace j (0 ≤ j < namespacesPerSet).
+func (s set) namespaceName(j int) string { return fmt.Sprintf("zsb-%s-%d", s.name(), j) }
 
 func (s set) workloadName(i int) string { return fmt.Sprintf("w-%05d", i) }
 
@@ -162,9 +164,9 @@ func (b *bench) scaleCapacity(ctx context.Context, s set) (time.Duration, error)
 // workers; existing ones are left as they are.
 func (s set) create(ctx context.Context, cs kubernetes.Interface) (time.Duration, error) {
 	start := time.Now()
-	for i := range namespacesPerSet {
+	for j := range namespacesPerSet {
 		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
-			ObjectMeta: metav1.ObjectMeta{Name: s.namespace(i)},
+			ObjectMeta: metav1.ObjectMeta{Name: s.namespaceName(j)},
 		}, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return 0, fmt.Errorf("create namespace: %w", err)
