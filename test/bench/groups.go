@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -131,13 +132,15 @@ func (r *report) writeGroups(w io.Writer) {
 	cols := g.columns()
 	groups := set{N: g.N, Group: groupSize}.groups()
 	fmt.Fprintf(w, "## Groups: N = %s in %s groups of %d\n\n", thousands(g.N), thousands(groups), groupSize)
-	fmt.Fprintf(w, "N Deployments with `zeroscaler.io/group: g-NNNN`, %d per group, each group in one namespace (the set's 4 namespaces in turn), so the daemon runs %s loops, one per group. \"One asks\": the first member of each group carries `zeroscaler.io/query` and `zeroscaler.io/threshold`, the other nine only the group; \"all ask\": every member carries its group's query, so each group check asks one question ten times (shared, as identical questions are). The group's question is its index mod K. The stand-in answers 5, so every group is active and nothing should change. Beside them, in the same run and on the same API server, N lone Deployments with as many questions per loop: the lone K = 10 set for one asking group of K = 10, the lone K = N set (one question per loop) for the groups with one question each. 30 s polling only; %d windows per run as above.\n\n",
+	fmt.Fprintf(w, "N Deployments with `zeroscaler.io/group: g-NNNN`, %d per group, each group in one namespace (the set's 4 namespaces in turn), so the daemon runs %s loops, one per group. \"One asks\": the first member of each group carries `zeroscaler.io/query` and `zeroscaler.io/threshold`, the other nine only the group; \"all ask\": every member carries its group's query, so each group check asks one question ten times (shared, as identical questions are). The group's question is its index mod K. The stand-in answers 5, so every group is active and nothing should change. Beside them, in the same run and on the same API server, N lone Deployments: the lone K = 10 set (the same questions) beside the groups of K = 10, and the lone K = N set (one question per loop, as the groups with a question each have) beside the others. 30 s polling only; %d measurement windows per run, as above.\n\n",
 		groupSize, thousands(groups), r.Runs)
 
-	var columns []string
+	var columns, names []string
 	for _, res := range cols {
 		columns = append(columns, res.Set.label())
+		names = append(names, "`"+res.Set.name()+"`")
 	}
+	fmt.Fprintf(w, "Each daemon run: the common flags and `--selector %s=SET --default-polling-interval 30s`, SET being, column by column, %s.\n\n", setLabel, strings.Join(names, ", "))
 	rows := slices.DeleteFunc(r.rows(cols), func(x row) bool { return x.fast })
 	gauge := func(figure string, want func(set) int, pick func(*steady) []float64) row {
 		x := row{figure: figure, target: "—", ideal: "—"}
