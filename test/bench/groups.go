@@ -103,6 +103,25 @@ func (s set) label() string {
 	}
 }
 
+// gaugeCheck is a gauge of the daemon that must show, in every sample of
+// the windows, what the set makes.
+type gaugeCheck struct {
+	figure string
+	want   func(set) int
+	pick   func(*steady) []float64
+}
+
+var gaugeChecks = []gaugeCheck{
+	{"`zeroscaler_loops` at steady state (lowest–highest sample)", set.loops, func(s *steady) []float64 { return s.LoopsGauge }},
+	{"`zeroscaler_groups` at steady state", set.groups, func(s *steady) []float64 { return s.GroupsGauge }},
+	{"`sum(zeroscaler_workloads)` at steady state", func(s set) int { return s.N }, func(s *steady) []float64 { return s.WorkloadsGauge }},
+}
+
+func (gc gaugeCheck) held(res *result) bool {
+	vs := gc.pick(res.Slow)
+	return len(vs) > 0 && int(slices.Min(vs)) == gc.want(res.Set) && int(slices.Max(vs)) == gc.want(res.Set)
+}
+
 // comparison is a figure compared between a grouped run and its lone run.
 type comparison struct {
 	figure string
@@ -142,25 +161,20 @@ func (r *report) writeGroups(w io.Writer) {
 	}
 	fmt.Fprintf(w, "Each daemon run: the common flags and `--selector %s=SET --default-polling-interval 30s`, SET being, column by column, %s.\n\n", setLabel, strings.Join(names, ", "))
 	rows := slices.DeleteFunc(r.rows(cols), func(x row) bool { return x.fast })
-	gauge := func(figure string, want func(set) int, pick func(*steady) []float64) row {
-		x := row{figure: figure, target: "—", ideal: "—"}
+	for _, gc := range gaugeChecks {
+		x := row{figure: gc.figure, target: "—", ideal: "—"}
 		for _, res := range cols {
-			vs := pick(res.Slow)
+			vs := gc.pick(res.Slow)
 			lo, hi := slices.Min(vs), slices.Max(vs)
 			v := thousands(int(lo))
 			if hi != lo {
 				v += "–" + thousands(int(hi))
 			}
 			x.values = append(x.values, v)
-			x.met = append(x.met, verdictDur(int(lo) == want(res.Set) && int(hi) == want(res.Set)))
+			x.met = append(x.met, verdictDur(gc.held(res)))
 		}
-		return x
+		rows = append(rows, x)
 	}
-	rows = append(rows,
-		gauge("`zeroscaler_loops` at steady state (lowest–highest sample)", set.loops, func(s *steady) []float64 { return s.LoopsGauge }),
-		gauge("`zeroscaler_groups` at steady state", set.groups, func(s *steady) []float64 { return s.GroupsGauge }),
-		gauge("`sum(zeroscaler_workloads)` at steady state", func(s set) int { return s.N }, func(s *steady) []float64 { return s.WorkloadsGauge }),
-	)
 	writeTable(w, columns, rows)
 
 	fmt.Fprintf(w, "Each grouped run against its lone run (medians, and their ratio). No regression: the grouped median is at most %.0f %% above the lone run's highest sample (memory: %d samples, CPU: %d windows).\n\n",
@@ -175,14 +189,38 @@ func (r *report) writeGroups(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w)
+
+	// Said here too: -only groups does not rewrite the Targets section.
+	var misses []string
+	for _, res := range cols {
+		misses = append(misses, res.misses()...)
+	}
+	misses = append(misses, g.misses()...)
+	if len(misses) == 0 {
+		fmt.Fprintf(w, "Every target of this section was met.\n\n")
+		return
+	}
+	fmt.Fprintf(w, "Missed in this section:\n\n")
+	for _, m := range misses {
+		fmt.Fprintf(w, "- %s\n", m)
+	}
+	fmt.Fprintln(w)
 }
 
-// misses are the pairs where grouping cost more than noise.
+// misses are the gauges that moved, and the pairs where grouping cost more
+// than noise.
 func (g *groupsResult) misses() []string {
 	if g == nil {
 		return nil
 	}
 	var out []string
+	for _, res := range g.columns() {
+		for _, gc := range gaugeChecks {
+			if !gc.held(res) {
+				out = append(out, fmt.Sprintf("%s: %s not %s in every sample", res.Set.name(), gc.figure, thousands(gc.want(res.Set))))
+			}
+		}
+	}
 	for _, p := range g.Pairs {
 		for _, c := range comparisons {
 			gv, lv := c.values(p.Grouped.Slow), c.values(p.Lone.Slow)
