@@ -6,6 +6,7 @@
 //	go run ./test/bench -out BENCHMARKS.md   # what make bench runs
 //	go run ./test/bench -quick               # N = 1000 only
 //	go run ./test/bench -only herd -out BENCHMARKS.md  # one part, spliced in
+//	go run ./test/bench -only groups -out BENCHMARKS.md  # 10,000 in groups of 10
 package main
 
 import (
@@ -45,6 +46,7 @@ type options struct {
 	cache  bool
 	herd   bool
 	steady bool
+	groups bool
 	// only names the parts to measure (partNames), overriding the
 	// booleans above; with out, only their sections of it are replaced.
 	only string
@@ -65,6 +67,7 @@ func main() {
 	flag.BoolVar(&o.wake, "wake", true, "measure wake latency")
 	flag.BoolVar(&o.cache, "cache", true, "measure the informer cache in-process")
 	flag.BoolVar(&o.herd, "herd", true, "measure herds of sleeps and wakes at default API limits")
+	flag.BoolVar(&o.groups, "groups", true, "measure N = 10,000 (1,000 with -quick) in groups of 10 beside lone workloads")
 	flag.StringVar(&o.only, "only", "", "measure only these parts, comma-separated: "+strings.Join(partNames, ", ")+"; with -out, replace only their sections of the file")
 	flag.StringVar(&o.profile, "profile", "", "save each steady daemon run's CPU profile (first window) and heap profile to this folder (development)")
 	flag.Parse()
@@ -93,14 +96,14 @@ func main() {
 }
 
 // partNames are the parts -only can select.
-var partNames = []string{"steady", "wake", "herd", "cache"}
+var partNames = []string{"steady", "groups", "wake", "herd", "cache"}
 
 // selectParts applies -only.
 func (o *options) selectParts() error {
 	if o.only == "" {
 		return nil
 	}
-	parts := map[string]*bool{"steady": &o.steady, "wake": &o.wake, "herd": &o.herd, "cache": &o.cache}
+	parts := map[string]*bool{"steady": &o.steady, "groups": &o.groups, "wake": &o.wake, "herd": &o.herd, "cache": &o.cache}
 	for _, p := range parts {
 		*p = false
 	}
@@ -210,7 +213,10 @@ func run(ctx context.Context, o options, sets []set) (err error) {
 	}
 	rep.Machine.Kubernetes = v.GitVersion
 
-	if o.steady {
+	if !o.steady {
+		sets = nil
+	}
+	if o.steady || o.groups {
 		b.logf("daemon with no workloads")
 		rss, heap, goroutines, err := b.measureIdle(ctx, 5)
 		if err != nil {
@@ -218,8 +224,6 @@ func run(ctx context.Context, o options, sets []set) (err error) {
 		}
 		rep.IdleRSS, rep.IdleHeap, b.idleGoroutines = median(rss), median(heap), slices.Max(goroutines)
 		b.logf("  RSS %s, heap %s", mib(rep.IdleRSS), mib(rep.IdleHeap))
-	} else {
-		sets = nil
 	}
 
 	for _, s := range sets {
@@ -240,6 +244,16 @@ func run(ctx context.Context, o options, sets []set) (err error) {
 		rep.Results = append(rep.Results, r)
 	}
 
+	if o.groups {
+		n := 10000
+		if o.quick {
+			n = 1000
+		}
+		b.logf("N = %d in groups of %d beside lone workloads, 30 s polling", n, groupSize)
+		if rep.Groups, err = b.measureGroups(ctx, n, rep.Results, o.runs); err != nil {
+			return err
+		}
+	}
 	if o.wake {
 		if err := b.wakes(ctx, rep, o.singles); err != nil {
 			return err

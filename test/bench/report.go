@@ -35,6 +35,7 @@ type report struct {
 	Results           []*result
 	Wakes             []*wakeResult
 	Herd              *herdResult
+	Groups            *groupsResult
 	ScaleWrites       time.Duration // 2,000 scale writes from 32 workers
 }
 
@@ -82,6 +83,7 @@ func (r *report) write(w io.Writer) {
 	for _, n := range r.sizes() {
 		r.writeSize(w, n)
 	}
+	r.writeGroups(w)
 	r.writeWakes(w)
 	r.writeHerd(w)
 	r.writeCache(w)
@@ -98,7 +100,7 @@ func (r *report) write(w io.Writer) {
 
 	fmt.Fprintf(w, "## Flags\n\n")
 	fmt.Fprintf(w, "Every daemon run: `--kubeconfig <admin> %s`, plus:\n\n", strings.Join(r.commonArgs(), " "))
-	for _, res := range r.Results {
+	for _, res := range r.steadyResults() {
 		for _, s := range []*steady{res.Slow, res.Fast} {
 			if s == nil {
 				continue
@@ -113,7 +115,7 @@ func (r *report) write(w io.Writer) {
 		fmt.Fprintf(w, "- herds (default API limits): `%s`\n", strings.Join(extraArgs(r.Herd.Args), " "))
 	}
 	fmt.Fprintf(w, "\n## Reproduce\n\n")
-	fmt.Fprintf(w, "```sh\nmake bench                      # go run ./test/bench -out BENCHMARKS.md (about 25 minutes)\ngo run ./test/bench -quick      # N = 1,000 only\ngo run ./test/bench -only herd -out BENCHMARKS.md   # re-measure one part, replacing its section\n```\n\n")
+	fmt.Fprintf(w, "```sh\nmake bench                      # go run ./test/bench -out BENCHMARKS.md (about 40 minutes)\ngo run ./test/bench -quick      # N = 1,000 only\ngo run ./test/bench -only herd -out BENCHMARKS.md   # re-measure one part, replacing its section\ngo run ./test/bench -only groups -out BENCHMARKS.md # N = 10,000 in groups of 10 beside lone workloads\n```\n\n")
 	fmt.Fprintf(w, "It needs `bin/etcd` and `bin/kube-apiserver` (`make tools`) and Debian's `prometheus` (the local stack starts it; the daemon's queries go to the stand-in). `-only` takes a comma-separated list of %s; with `-out` it replaces only the sections it measured and leaves the rest of the file as it was. `-runs` sets the windows per run and the herd repetitions, `-singles` the single wakes, `-keep-logs` keeps the daemon logs.\n", strings.Join(partNames, ", "))
 }
 
@@ -135,17 +137,27 @@ func (r *report) writeSize(w io.Writer, n int) {
 		}
 	}
 	fmt.Fprintf(w, "## N = %s\n\n", thousands(n))
-	fmt.Fprintf(w, "| Figure |")
+	var columns []string
 	for _, res := range rs {
-		fmt.Fprintf(w, " K = %s |", thousands(res.Set.K))
+		columns = append(columns, "K = "+thousands(res.Set.K))
+	}
+	writeTable(w, columns, r.rows(rs))
+}
+
+// writeTable writes rows under a column per set, then the target, the
+// ideal and the ratio.
+func writeTable(w io.Writer, columns []string, rows []row) {
+	fmt.Fprintf(w, "| Figure |")
+	for _, c := range columns {
+		fmt.Fprintf(w, " %s |", c)
 	}
 	fmt.Fprintf(w, " Target | Ideal | Ratio |\n|---|")
-	for range rs {
+	for range columns {
 		fmt.Fprintf(w, "---:|")
 	}
 	fmt.Fprintf(w, "---|---|---|\n")
 
-	for _, rw := range r.rows(rs) {
+	for _, rw := range rows {
 		fmt.Fprintf(w, "| %s |", rw.figure)
 		for i, v := range rw.values {
 			if rw.met != nil && rw.met[i] != "" {
@@ -211,7 +223,7 @@ func (r *report) rows(rs []*result) []row {
 			target: "—", ideal: "—",
 		},
 		{
-			figure: "Every loop running (`zeroscaler_loops` = N) after start",
+			figure: "Every loop running (`zeroscaler_loops` = one per lone workload and one per group) after start",
 			values: each(func(res *result) string { return secs(res.Slow.Startup.Loops) }),
 			target: "≤ 30 s", ideal: "—",
 			met: each(func(res *result) string { return verdict(res.Slow.Startup.Loops <= targetStart) }),
@@ -341,35 +353,10 @@ func (r *report) writeCache(w io.Writer) {
 
 func (r *report) misses() []string {
 	var out []string
-	for _, res := range r.Results {
-		s := res.Set
-		if d := res.Slow.Startup.Loops; d > targetStart {
-			out = append(out, fmt.Sprintf("%s: every loop running after %s (target ≤ 30 s)", s.name(), secs(d)))
-		}
-		if d := res.Slow.Startup.Reported; d > targetStart {
-			out = append(out, fmt.Sprintf("%s: `sum(zeroscaler_workloads)` reached N after %s (target ≤ 30 s), although every loop ran after %s", s.name(), secs(d), secs(res.Slow.Startup.Loops)))
-		}
-		if v := median(res.Slow.RSS); v > targetRSS {
-			out = append(out, fmt.Sprintf("%s: RSS %s (target ≤ 200 MiB)", s.name(), mib(v)))
-		}
-		if v := median(res.Slow.CPUPerMin); v > targetCPUPerMin {
-			out = append(out, fmt.Sprintf("%s: CPU %s at 30 s polling (target ≤ 3 s/min)", s.name(), cpu(v)))
-		}
-		for _, st := range []*steady{res.Slow, res.Fast} {
-			if st == nil {
-				continue
-			}
-			if v := median(st.ReqPerInterval); math.Abs(v-float64(s.K)) > 0.01*float64(s.K)+0.5 {
-				out = append(out, fmt.Sprintf("%s: %.1f Prometheus requests per %s interval (ideal K = %d)", s.name(), v, st.Polling, s.K))
-			}
-			if v := median(st.DaemonWritesPerMin); v != 0 {
-				out = append(out, fmt.Sprintf("%s: %.1f daemon API writes per minute at %s polling (target 0)", s.name(), v, st.Polling))
-			}
-			if v := median(st.ServerWritesPerMin); v != 0 {
-				out = append(out, fmt.Sprintf("%s: %.1f API server writes per minute at %s polling (target 0)", s.name(), v, st.Polling))
-			}
-		}
+	for _, res := range r.steadyResults() {
+		out = append(out, res.misses()...)
 	}
+	out = append(out, r.Groups.misses()...)
 	out = append(out, r.Herd.misses()...)
 	target := wakePolling + targetWakeMargin
 	for _, wk := range r.Wakes {
@@ -383,9 +370,56 @@ func (r *report) misses() []string {
 	return out
 }
 
+// steadyResults are the steady runs of the N sections, then those the
+// groups section added.
+func (r *report) steadyResults() []*result {
+	out := slices.Clone(r.Results)
+	if r.Groups != nil {
+		for _, res := range r.Groups.columns() {
+			if !slices.Contains(out, res) {
+				out = append(out, res)
+			}
+		}
+	}
+	return out
+}
+
+// misses are the targets a steady run missed.
+func (res *result) misses() []string {
+	var out []string
+	s := res.Set
+	if d := res.Slow.Startup.Loops; d > targetStart {
+		out = append(out, fmt.Sprintf("%s: every loop running after %s (target ≤ 30 s)", s.name(), secs(d)))
+	}
+	if d := res.Slow.Startup.Reported; d > targetStart {
+		out = append(out, fmt.Sprintf("%s: `sum(zeroscaler_workloads)` reached N after %s (target ≤ 30 s), although every loop ran after %s", s.name(), secs(d), secs(res.Slow.Startup.Loops)))
+	}
+	if v := median(res.Slow.RSS); v > targetRSS {
+		out = append(out, fmt.Sprintf("%s: RSS %s (target ≤ 200 MiB)", s.name(), mib(v)))
+	}
+	if v := median(res.Slow.CPUPerMin); v > targetCPUPerMin {
+		out = append(out, fmt.Sprintf("%s: CPU %s at 30 s polling (target ≤ 3 s/min)", s.name(), cpu(v)))
+	}
+	for _, st := range []*steady{res.Slow, res.Fast} {
+		if st == nil {
+			continue
+		}
+		if v := median(st.ReqPerInterval); math.Abs(v-float64(s.K)) > 0.01*float64(s.K)+0.5 {
+			out = append(out, fmt.Sprintf("%s: %.1f Prometheus requests per %s interval (ideal K = %d)", s.name(), v, st.Polling, s.K))
+		}
+		if v := median(st.DaemonWritesPerMin); v != 0 {
+			out = append(out, fmt.Sprintf("%s: %.1f daemon API writes per minute at %s polling (target 0)", s.name(), v, st.Polling))
+		}
+		if v := median(st.ServerWritesPerMin); v != 0 {
+			out = append(out, fmt.Sprintf("%s: %.1f API server writes per minute at %s polling (target 0)", s.name(), v, st.Polling))
+		}
+	}
+	return out
+}
+
 // commonArgs are the flags every run shares (from the first run).
 func (r *report) commonArgs() []string {
-	for _, res := range r.Results {
+	for _, res := range r.steadyResults() {
 		return commonPart(res.Slow.Args)
 	}
 	for _, wk := range r.Wakes {

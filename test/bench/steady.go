@@ -13,7 +13,7 @@ import (
 // startup is how long a daemon took, from its start, to each milestone.
 type startup struct {
 	Ready    time.Duration // /readyz: caches synced; loops start right after
-	Loops    time.Duration // zeroscaler_loops = N (or, without it, go_goroutines ≥ idle + N)
+	Loops    time.Duration // zeroscaler_loops = loops (and zeroscaler_groups = groups), or, without them, go_goroutines ≥ idle + loops
 	Reported time.Duration // sum(zeroscaler_workloads) == N: every loop has checked once
 	Asked    time.Duration // the stand-in has seen all K questions
 }
@@ -40,6 +40,9 @@ type steady struct {
 	Heap       []float64 // go_memstats_heap_inuse_bytes
 	Stack      []float64 // go_memstats_stack_inuse_bytes
 	Goroutines []float64
+	// The daemon's zeroscaler_loops, zeroscaler_groups and
+	// sum(zeroscaler_workloads), which should not move.
+	LoopsGauge, GroupsGauge, WorkloadsGauge []float64
 }
 
 // measureSteady starts a daemon on s, times its start, then measures
@@ -73,8 +76,8 @@ func (b *bench) runSteady(ctx context.Context, d *daemon, res *steady, windows i
 	if res.Startup, err = b.waitStartup(ctx, d, s, 2*polling+2*time.Minute); err != nil {
 		return err
 	}
-	b.logf("  %s, polling %s: ready %s, %d loop goroutines %s, all reported %s, all %d questions asked %s",
-		s.name(), polling, secs(res.Startup.Ready), s.N, secs(res.Startup.Loops), secs(res.Startup.Reported), s.K, secs(res.Startup.Asked))
+	b.logf("  %s, polling %s: ready %s, %d loops %s, all reported %s, all %d questions asked %s",
+		s.name(), polling, secs(res.Startup.Ready), s.loops(), secs(res.Startup.Loops), secs(res.Startup.Reported), s.K, secs(res.Startup.Asked))
 
 	// Let the start's garbage go before measuring memory.
 	if err := sleep(ctx, 5*time.Second); err != nil {
@@ -120,6 +123,9 @@ func (b *bench) runSteady(ctx context.Context, d *daemon, res *steady, windows i
 			res.Heap = append(res.Heap, m.sum("go_memstats_heap_inuse_bytes", nil))
 			res.Stack = append(res.Stack, m.sum("go_memstats_stack_inuse_bytes", nil))
 			res.Goroutines = append(res.Goroutines, m.sum("go_goroutines", nil))
+			res.LoopsGauge = append(res.LoopsGauge, m.sum("zeroscaler_loops", nil))
+			res.GroupsGauge = append(res.GroupsGauge, m.sum("zeroscaler_groups", nil))
+			res.WorkloadsGauge = append(res.WorkloadsGauge, m.sum("zeroscaler_workloads", nil))
 		}
 		if err := sleep(ctx, res.Window-time.Since(before.at)); err != nil {
 			return err
@@ -166,7 +172,7 @@ func (b *bench) waitStartup(ctx context.Context, d *daemon, s set, timeout time.
 		}
 		if st.Ready != 0 && (st.Loops == 0 || st.Reported == 0) {
 			if m, err := d.metrics(ctx); err == nil {
-				if st.Loops == 0 && loopsRunning(m, b.idleGoroutines, s.N) {
+				if st.Loops == 0 && loopsRunning(m, b.idleGoroutines, s) {
 					st.Loops = since
 				}
 				if st.Reported == 0 && int(m.sum("zeroscaler_workloads", nil)) == s.N {
@@ -184,13 +190,14 @@ func (b *bench) waitStartup(ctx context.Context, d *daemon, s set, timeout time.
 	return st, nil
 }
 
-// loopsRunning tells whether every loop runs: from the daemon's
-// zeroscaler_loops gauge, or for a daemon without it from its goroutines.
-func loopsRunning(m metricFamilies, idleGoroutines float64, n int) bool {
+// loopsRunning tells whether every loop of s runs: from the daemon's
+// zeroscaler_loops and zeroscaler_groups gauges, or for a daemon without
+// them from its goroutines.
+func loopsRunning(m metricFamilies, idleGoroutines float64, s set) bool {
 	if _, ok := m["zeroscaler_loops"]; ok {
-		return int(m.sum("zeroscaler_loops", nil)) >= n
+		return int(m.sum("zeroscaler_loops", nil)) >= s.loops() && int(m.sum("zeroscaler_groups", nil)) >= s.groups()
 	}
-	return m.sum("go_goroutines", nil) >= idleGoroutines+float64(n)
+	return m.sum("go_goroutines", nil) >= idleGoroutines+float64(s.loops())
 }
 
 type snapshot struct {
