@@ -186,9 +186,12 @@ func parse(own, nsAnnotations map[string]string, namespace string, d Defaults) (
 	parseTuning(annotations, d, &cfg, bad)
 	// A workload that asks a server must have a tenant there, if the
 	// server's tenant is chosen per Namespace. Its annotations cannot
-	// help it, so the error names none.
-	if err := d.Servers.CheckNamespace(cfg.Metadata.ServerAddress, namespace); err != nil {
-		errs = append(errs, err)
+	// help it, so the error names none. Without Servers (tests of other
+	// annotations) there is no tenant to check.
+	if d.Servers != nil {
+		if err := d.Servers.CheckNamespace(cfg.Metadata.ServerAddress, namespace); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return done(cfg, errs)
 }
