@@ -205,11 +205,10 @@ func (c controllerScenario) rollouts(t *testing.T) {
 	w.waitAwake(t, settle, 3)
 
 	// Four templates, each with its ReplicaSet: the first and the person's
-	// three edits. The daemon's writes change replicas only.
-	dep, err := c.cs.AppsV1().Deployments(ns).Get(testContext(t), "web", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// three edits. The daemon's writes change replicas only. Read once the
+	// Deployment controller has seen the last write, so that a template
+	// written by the wake would show here.
+	dep := c.waitObserved(t, ns, "web")
 	if img := dep.Spec.Template.Spec.Containers[0].Image; img != "registry.example/app:3" {
 		t.Errorf("image %s, want the person's last, registry.example/app:3", img)
 	}
@@ -245,6 +244,23 @@ func (c controllerScenario) waitReplicaSet(t *testing.T, ns, name string, n int3
 		}
 		r := ptr.Deref(got.Spec.Replicas, -1)
 		return r == n, fmt.Sprintf("%s wants %d", got.Name, r), nil
+	})
+	return got
+}
+
+// waitObserved waits until the Deployment controller has acted on the
+// Deployment's latest spec, and returns the Deployment.
+func (c controllerScenario) waitObserved(t *testing.T, ns, name string) *appsv1.Deployment {
+	t.Helper()
+	var got *appsv1.Deployment
+	waitFor(t, settle, fmt.Sprintf("deployment %s/%s to be observed", ns, name), func(ctx context.Context) (bool, string, error) {
+		d, err := c.cs.AppsV1().Deployments(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, "", err
+		}
+		got = d
+		return d.Status.ObservedGeneration >= d.Generation,
+			fmt.Sprintf("generation %d, observed %d", d.Generation, d.Status.ObservedGeneration), nil
 	})
 	return got
 }
