@@ -229,7 +229,8 @@ func (c controllerScenario) rollouts(t *testing.T) {
 func (c controllerScenario) waitReplicaSet(t *testing.T, ns, name string, n int32) appsv1.ReplicaSet {
 	t.Helper()
 	var got appsv1.ReplicaSet
-	waitFor(t, settle, fmt.Sprintf("deployment %s/%s's ReplicaSet to want %d", ns, name, n), func(ctx context.Context) (bool, string, error) {
+	// patience: the controllers share a loaded machine with the daemon.
+	waitFor(t, patience, fmt.Sprintf("deployment %s/%s's ReplicaSet to want %d", ns, name, n), func(ctx context.Context) (bool, string, error) {
 		list, err := c.cs.AppsV1().ReplicaSets(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
 		if err != nil {
 			return false, "", err
