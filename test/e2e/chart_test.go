@@ -70,6 +70,18 @@ var chartCases = []chartCase{
 	}},
 }
 
+// chartCaseNamed is the case of chartCases with this name.
+func chartCaseNamed(t *testing.T, name string) chartCase {
+	t.Helper()
+	for _, c := range chartCases {
+		if c.name == name {
+			return c
+		}
+	}
+	t.Fatalf("no chart case %q", name)
+	return chartCase{}
+}
+
 // chartTool runs a binary of bin/ (helm, kubectl) with stdin and returns
 // its standard output; on failure the error carries its standard error.
 func chartTool(ctx context.Context, stdin []byte, tool string, args ...string) ([]byte, error) {
@@ -254,7 +266,7 @@ func chartInstallMinimalCRDs(t *testing.T) {
 // deploy/admission/; and the Deployment reads its --prometheus-config from
 // the Secret.
 func TestChartOptionalObjects(t *testing.T) {
-	objs := chartRender(t, chartCases[2].set...)
+	objs := chartRender(t, chartCaseNamed(t, "everything").set...)
 	root, err := localstack.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
