@@ -18,7 +18,6 @@ import (
 
 	"github.com/prometheus/client_golang/api"
 	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
-	"github.com/prometheus/common/model"
 	"sigs.k8s.io/yaml"
 )
 
@@ -352,24 +351,6 @@ func waitForValue(ctx context.Context, a v1.API, promql string, want float64) er
 			return fmt.Errorf("wait for %s == %v: %w (last: %s)", promql, want, ctx.Err(), last)
 		case <-time.After(pollInterval):
 		}
-	}
-}
-
-func queryValue(ctx context.Context, a v1.API, promql string) (float64, error) {
-	val, _, _, err := a.Query(ctx, promql, time.Now())
-	if err != nil {
-		return 0, err
-	}
-	switch v := val.(type) {
-	case model.Vector:
-		if len(v) != 1 {
-			return 0, fmt.Errorf("got %d samples, want 1: %v", len(v), v)
-		}
-		return float64(v[0].Value), nil
-	case *model.Scalar:
-		return float64(v.Value), nil
-	default:
-		return 0, fmt.Errorf("got %s, want vector or scalar", val.Type())
 	}
 }
 

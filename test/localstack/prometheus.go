@@ -444,7 +444,13 @@ func (m *MetricsServer) WaitForValue(ctx context.Context, promql string, want fl
 
 // queryOne runs an instant query that must return exactly one value.
 func (m *MetricsServer) queryOne(ctx context.Context, promql string) (float64, error) {
-	val, _, _, err := m.API.Query(ctx, promql, time.Time{})
+	return queryValue(ctx, m.API, promql)
+}
+
+// queryValue runs an instant query, at the server's now, that must return
+// exactly one value.
+func queryValue(ctx context.Context, a v1.API, promql string) (float64, error) {
+	val, _, _, err := a.Query(ctx, promql, time.Time{})
 	if err != nil {
 		return 0, err
 	}
