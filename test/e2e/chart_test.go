@@ -63,6 +63,7 @@ var chartCases = []chartCase{
 		"prometheus.address=",
 		"prometheus.config.secretName=" + chartConfigSecret,
 		"prometheus.allowedServerAddresses={http://thanos.monitoring.svc:9090}",
+		"prometheus.allowedWorkloadHeaders={X-Trace-Id}",
 		"leaderElection.leaseDuration=30s",
 		"extraArgs={--default-cooldown-period=30m,--log-level=debug}",
 		"image.digest=sha256:0000000000000000000000000000000000000000000000000000000000000000",
@@ -354,6 +355,7 @@ func TestChartOptionalObjects(t *testing.T) {
 		for _, want := range []string{
 			"--prometheus-config=/etc/zeroscaler/prometheus/config.yaml",
 			"--allowed-server-address=http://thanos.monitoring.svc:9090",
+			"--allowed-workload-header=X-Trace-Id",
 			"--leader-election-lease-duration=30s",
 			"--default-cooldown-period=30m",
 		} {
