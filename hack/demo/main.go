@@ -162,7 +162,9 @@ func tellStory(ctx context.Context, stack *localstack.Stack, client kubernetes.I
 			if !open {
 				return errors.New("the event watch closed")
 			}
-			if e, ok := ev.Object.(*corev1.Event); ok && ev.Type == watch.Added {
+			// The controllers' own Events (Pods created and deleted) are
+			// left out: the story is zeroscaler's.
+			if e, ok := ev.Object.(*corev1.Event); ok && ev.Type == watch.Added && e.Source.Component == "zeroscaler" {
 				line(ctx, stack, replicas, fmt.Sprintf("zeroscaler: %s — %s", e.Reason, e.Message))
 			}
 		case ev, open := <-w.ResultChan():
