@@ -62,6 +62,16 @@ func (c controllerScenario) setMetric(t *testing.T, series string, v float64) {
 	}
 }
 
+// idleDeployment creates a Deployment of 3 replicas in a new namespace,
+// annotated with a series of its own, idle (0).
+func (c controllerScenario) idleDeployment(t *testing.T, name string) (*workload, string) {
+	t.Helper()
+	ns := newNamespace(t, c.cs)
+	series := ns + "/" + name
+	c.setMetric(t, series, 0)
+	return createWorkload(t, c.cs, deployment, ns, name, 3, annotations(c.ks.Exporter.Query(series))), series
+}
+
 func (c controllerScenario) startDaemon(t *testing.T, name, ns string) *daemon {
 	t.Helper()
 	return startDaemon(t, name, ns, "--kubeconfig", c.ks.KubeconfigPath, "--prometheus-address", c.ks.PrometheusURL)
@@ -71,11 +81,8 @@ func (c controllerScenario) startDaemon(t *testing.T, name, ns string) *daemon {
 // the controllers' status updates cost no extra write, no conflict and no
 // restarted cooldown. Writes are counted by the API server.
 func (c controllerScenario) replicaSets(t *testing.T) {
-	ns := newNamespace(t, c.cs)
-	series := ns + "/web"
-	query := c.ks.Exporter.Query(series)
-	c.setMetric(t, series, 0)
-	w := createWorkload(t, c.cs, deployment, ns, "web", 3, annotations(query))
+	w, series := c.idleDeployment(t, "web")
+	ns := w.ns
 	rs := c.waitReplicaSet(t, ns, "web", 3)
 
 	before := c.deploymentPatches(t)
@@ -116,10 +123,8 @@ func (c controllerScenario) replicaSets(t *testing.T) {
 // it to its original count and the HPA is active again.
 func (c controllerScenario) hpa(t *testing.T) {
 	t.Parallel()
-	ns := newNamespace(t, c.cs)
-	series := ns + "/api"
-	c.setMetric(t, series, 0)
-	w := createWorkload(t, c.cs, deployment, ns, "api", 3, annotations(c.ks.Exporter.Query(series)))
+	w, series := c.idleDeployment(t, "api")
+	ns := w.ns
 	_, err := c.cs.AutoscalingV2().HorizontalPodAutoscalers(ns).Create(testContext(t), &autoscalingv2.HorizontalPodAutoscaler{
 		ObjectMeta: metav1.ObjectMeta{Name: "api"},
 		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
@@ -174,10 +179,8 @@ func (c controllerScenario) hpa(t *testing.T) {
 // roll the Deployment out.
 func (c controllerScenario) rollouts(t *testing.T) {
 	t.Parallel()
-	ns := newNamespace(t, c.cs)
-	series := ns + "/web"
-	c.setMetric(t, series, 0)
-	w := createWorkload(t, c.cs, deployment, ns, "web", 3, annotations(c.ks.Exporter.Query(series)))
+	w, series := c.idleDeployment(t, "web")
+	ns := w.ns
 	c.waitReplicaSet(t, ns, "web", 3)
 	c.startDaemon(t, "rollouts", ns)
 	w.waitAsleep(t, 3)
