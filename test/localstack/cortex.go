@@ -333,27 +333,6 @@ func (c *Cortex) Stop() error {
 	return c.stopErr
 }
 
-// waitForValue polls a until promql returns one value equal to want.
-func waitForValue(ctx context.Context, a v1.API, promql string, want float64) error {
-	var last string
-	for {
-		got, err := queryValue(ctx, a, promql)
-		switch {
-		case err != nil:
-			last = err.Error()
-		case got == want:
-			return nil
-		default:
-			last = fmt.Sprintf("value %v", got)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s == %v: %w (last: %s)", promql, want, ctx.Err(), last)
-		case <-time.After(pollInterval):
-		}
-	}
-}
-
 // child is one long-running process with its log in a file.
 type child struct {
 	cmd     *exec.Cmd

@@ -423,9 +423,15 @@ func (m *MetricsServer) RemoveScrapeJob(ctx context.Context, name string) error 
 // query returned last. The query is answered as the daemon's would be, as
 // of the backend's "now" (VictoriaMetrics' -search.latencyOffset included).
 func (m *MetricsServer) WaitForValue(ctx context.Context, promql string, want float64) error {
+	return waitForValue(ctx, m.API, promql, want)
+}
+
+// waitForValue polls a until promql returns one value equal to want (NaN
+// equals NaN).
+func waitForValue(ctx context.Context, a v1.API, promql string, want float64) error {
 	var last string
 	for {
-		got, err := m.queryOne(ctx, promql)
+		got, err := queryValue(ctx, a, promql)
 		switch {
 		case err != nil:
 			last = err.Error()
@@ -440,11 +446,6 @@ func (m *MetricsServer) WaitForValue(ctx context.Context, promql string, want fl
 		case <-time.After(pollInterval):
 		}
 	}
-}
-
-// queryOne runs an instant query that must return exactly one value.
-func (m *MetricsServer) queryOne(ctx context.Context, promql string) (float64, error) {
-	return queryValue(ctx, m.API, promql)
 }
 
 // queryValue runs an instant query, at the server's now, that must return
