@@ -297,7 +297,7 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 		delete(h.left, key)
 	}
 	go func() {
-		defer h.loopEnded(key, r, cfg)
+		defer h.loopEnded(key, r, st)
 		h.loop(ctx, st)
 	}()
 }
@@ -305,15 +305,17 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 // loopEnded cleans up after a loop's goroutine. A loop that ended by itself
 // (nothing left to do, or its workload is gone) leaves the map, and its
 // configuration is forgotten. Once a workload has neither a loop nor a
-// configuration, its scale lock goes too.
-func (h *ScaleHandler) loopEnded(key string, r *running, cfg Config) {
+// configuration, its scale lock goes too. It takes the loop's state, not a
+// copy of its configuration: a deferred call keeps its arguments in the
+// goroutine's frame, and a Config there would double every loop's stack.
+func (h *ScaleHandler) loopEnded(key string, r *running, st *loopState) {
 	byItself := r.ctx.Err() == nil
 	r.cancel()
 	h.mu.Lock()
 	if h.loops[key] == r {
 		delete(h.loops, key)
 	}
-	if old, ok := h.wanted[key]; byItself && ok && old.Equal(cfg) {
+	if old, ok := h.wanted[key]; byItself && ok && old.Equal(st.cfg) {
 		delete(h.wanted, key)
 	}
 	if _, ok := h.wanted[key]; !ok && h.loops[key] == nil {
