@@ -11,9 +11,11 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/go-logr/zapr"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"k8s.io/klog/v2"
 
 	"github.com/zeroscaler/zeroscaler/scaler"
 	"github.com/zeroscaler/zeroscaler/status"
@@ -37,6 +39,7 @@ func main() {
 		os.Exit(1)
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
+	routeKlog(log)
 	// The allow-list goes to the log only: Events, which namespace users
 	// read, say that a server is not allowed but not which ones are.
 	log.Info("prometheus servers", zap.String("default", servers.DefaultAddress()), zap.Strings("allowed", servers.Addresses()))
@@ -85,7 +88,8 @@ func prepare(args []string, stdout, stderr io.Writer) (*options, *scaler.Servers
 	return o, servers, 0
 }
 
-func newLogger(level, format string) (*zap.Logger, error) {
+// newLogger builds the daemon's logger; tests pass options to observe it.
+func newLogger(level, format string, opts ...zap.Option) (*zap.Logger, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, fmt.Errorf("--log-level: %w", err)
@@ -100,5 +104,14 @@ func newLogger(level, format string) (*zap.Logger, error) {
 	// An error is one line: the ones expected in operation (a timeout, a
 	// conflict) are no bugs, and a stack trace would not help with them.
 	cfg.DisableStacktrace = true
-	return cfg.Build()
+	return cfg.Build(opts...)
+}
+
+// routeKlog sends what client-go logs (the event broadcaster, leader
+// election, the reflectors) through log, so that the daemon's output is one
+// format a log pipeline can parse, with the same level and no stack traces.
+// klog's verbose levels map to zap's debug and below, so they show only at
+// --log-level debug.
+func routeKlog(log *zap.Logger) {
+	klog.SetLogger(zapr.NewLogger(log.Named("client-go")))
 }

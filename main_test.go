@@ -2,10 +2,16 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"k8s.io/klog/v2"
 )
 
 // Every problem before the daemon runs is one plain line on stderr and exit
@@ -135,4 +141,39 @@ func writeTestFile(t *testing.T, dir, name, content string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// TestClientGoLogsThroughZap: what client-go logs through klog (an Event the
+// API server refused, a reflector's error) reaches the daemon's logger as
+// one structured line at its level, without a stack trace, and klog's
+// verbose lines stay below info.
+func TestClientGoLogsThroughZap(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	log, err := newLogger("info", "json", zap.WrapCore(func(c zapcore.Core) zapcore.Core {
+		return zapcore.NewTee(core, c) // the observer beside the daemon's own output
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routeKlog(log)
+	t.Cleanup(klog.ClearLogger)
+
+	klog.ErrorS(errors.New("context deadline exceeded"), "Server rejected event (will not retry!)", "reason", "ScaledFromZero")
+	klog.V(1).InfoS("Got a Retry-After response", "delay", "1s")
+	klog.Flush()
+
+	all := logs.All()
+	if len(all) != 1 {
+		t.Fatalf("got %d log entries, want the error only: %+v", len(all), all)
+	}
+	e := all[0]
+	if e.Level != zapcore.ErrorLevel || e.LoggerName != "client-go" || e.Message != "Server rejected event (will not retry!)" {
+		t.Errorf("entry = level %s, logger %q, message %q; want error, client-go, the klog message", e.Level, e.LoggerName, e.Message)
+	}
+	if e.Stack != "" {
+		t.Errorf("entry carries a stack trace:\n%s", e.Stack)
+	}
+	if got := e.ContextMap()["reason"]; got != "ScaledFromZero" {
+		t.Errorf("reason = %v, want the key-value pair klog was given", got)
+	}
 }
