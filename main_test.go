@@ -40,6 +40,7 @@ func TestPrepareFailsInOneLine(t *testing.T) {
 		{"header without name", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "=v"}, []string{"--prometheus-header"}},
 		{"header without =", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A"}, []string{"--prometheus-header"}},
 		{"header value with CR LF", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\r\nX-B: b"}, []string{"--prometheus-header"}},
+		{"header value with CR", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\rb"}, []string{"--prometheus-header", "X-A"}},
 		{"header value with LF", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\nb"}, []string{"--prometheus-header"}},
 		{"header value with NUL", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=a\x00b"}, []string{"--prometheus-header"}},
 		{"header twice, other case", []string{"--kubeconfig", kubeconfig, "--prometheus-header", "X-A=1", "--prometheus-header", "x-a=2"}, []string{"--prometheus-header", "twice"}},

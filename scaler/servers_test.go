@@ -321,6 +321,12 @@ func TestNewServersRejects(t *testing.T) {
 		{"unknown field", func(o *Options) { o.ConfigFile = unknown }},
 		{"url with userinfo in the config file", func(o *Options) { o.ConfigFile = badURL }},
 		{"two kinds of auth", func(o *Options) { o.ConfigFile = twoAuth }},
+		{"--prometheus-header name not a token", func(o *Options) { o.Headers = map[string]string{"X Bad": "v"} }},
+		{"--prometheus-header empty name", func(o *Options) { o.Headers = map[string]string{"": "v"} }},
+		{"--prometheus-header value with CR", func(o *Options) { o.Headers = map[string]string{"X-A": "a\rb"} }},
+		{"--prometheus-header value with LF", func(o *Options) { o.Headers = map[string]string{"X-A": "a\nb"} }},
+		{"--prometheus-header value with NUL", func(o *Options) { o.Headers = map[string]string{"X-A": "a\x00b"} }},
+		{"--prometheus-header twice, other case", func(o *Options) { o.Headers = map[string]string{"X-A": "1", "x-a": "2"} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
