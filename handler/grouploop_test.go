@@ -709,3 +709,50 @@ func TestGroupPhase(t *testing.T) {
 		})
 	}
 }
+
+// Two groups whose asking members ask the same question (the same query of
+// the same server) check at the same moments, so that a scaler sharing
+// answers sends one request per interval for both: the phase is that of the
+// first asking member's question, not of the group's key. In each group the
+// asking member sorts differently among its followers.
+func TestGroupsSharingAQuestionCheckTogether(t *testing.T) {
+	hs := newHarness(t, false, deployment("api", 2, nil), deployment("web", 3, nil), deployment("cart", 2, nil), deployment("db", 1, nil))
+	hs.h.Sync(follower("api"))
+	hs.h.Sync(managed("web", inShop))
+	inStore := func(c *Config) { c.Group = "store" }
+	hs.h.Sync(managed("cart", inStore))
+	hs.h.Sync(follower("db", inStore))
+	hs.prom.set("q", active)
+	var mu sync.Mutex
+	asked := map[time.Duration]int{} // reads of q by the clock's time since start
+	hs.prom.mu.Lock()
+	hs.prom.onRead = func(query string) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked[hs.clock.Since(start)]++
+	}
+	hs.prom.mu.Unlock()
+	hs.run()
+	hs.parked(2)
+
+	// Small steps, so that checks due at different phases of the period
+	// run at different moments of the clock.
+	const intervals, step = 3, period / phaseSteps
+	for range intervals * phaseSteps {
+		hs.clock.Step(step)
+		hs.parked(2)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	reads := 0
+	for _, n := range asked {
+		reads += n
+	}
+	if reads != 2*intervals {
+		t.Fatalf("q read %d times in %d intervals by two groups, want %d: %v", reads, intervals, 2*intervals, asked)
+	}
+	if len(asked) != intervals {
+		t.Errorf("q read at %d moments in %d intervals (%v): the groups check at different phases, and a shared scaler would send %d requests, not %d",
+			len(asked), intervals, asked, len(asked), intervals)
+	}
+}
