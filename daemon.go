@@ -175,8 +175,11 @@ const leaseReleaseTimeout = 5 * time.Second
 
 // lead runs work while this replica holds the Lease. It returns when ctx
 // ends or when leadership is lost. Either way it stops work and waits for it
-// before it releases the Lease, so that a new leader never acts while this
-// one still writes.
+// before it releases the Lease, so that on a shutdown no standby acts while
+// this one still writes. When leadership is lost the wait does not keep a
+// standby out: it takes over once the Lease expires, released or not. What
+// keeps the two apart then is that no write runs past the last renewal plus
+// the renew deadline (see renewals and handler.Options.WriteDeadline).
 func lead(ctx context.Context, o *options, lock *renewals, log *zap.Logger, metrics *handler.Metrics, work func(context.Context)) error {
 	id := lock.Identity()
 	// The elector does not release the Lease itself: when it fails to renew

@@ -55,6 +55,7 @@ func TestPrepareFailsInOneLine(t *testing.T) {
 		{"tenant header not a token", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenantBadHeader}, []string{"tenant-badheader.yaml", "tenant.header", "X Scope"}},
 		{"tenant not a header value", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenantBadValue}, []string{"tenant-badvalue.yaml", "tenant.namespaces.shop"}},
 		{"tenant header also set by flag", []string{"--kubeconfig", kubeconfig, "--prometheus-config", tenant("tenant-flag.yaml", "header: X-Scope-OrgID\nfrom_namespace: true"), "--prometheus-address", "http://127.0.0.1:9090", "--prometheus-header", "x-scope-orgid=ops"}, []string{"--prometheus-header", "X-Scope-Orgid"}},
+		{"polling under the minimum period", []string{"--kubeconfig", kubeconfig, "--default-polling-interval", "999ms"}, []string{"--default-polling-interval", "at least 1s", "999ms"}},
 		{"several bad flags", []string{"--kubeconfig", kubeconfig, "--default-cooldown-period", "0s", "--log-format", "xml", "--log-level", "loud"}, []string{"--default-cooldown-period", "--log-format", "--log-level"}},
 	}
 	for _, tt := range tests {

@@ -107,11 +107,11 @@ func (o *options) validate(fs *pflag.FlagSet) error {
 		o.prometheusAddress = ""
 	}
 	var errs []error
-	if o.defaultPolling < time.Second {
-		errs = append(errs, fmt.Errorf("--default-polling-interval must be at least 1s, got %s", o.defaultPolling))
+	if o.defaultPolling < informer.MinPeriod {
+		errs = append(errs, fmt.Errorf("--default-polling-interval must be at least %s, got %s", informer.MinPeriod, o.defaultPolling))
 	}
-	if o.defaultCooldown < time.Second {
-		errs = append(errs, fmt.Errorf("--default-cooldown-period must be at least 1s, got %s", o.defaultCooldown))
+	if o.defaultCooldown < informer.MinPeriod {
+		errs = append(errs, fmt.Errorf("--default-cooldown-period must be at least %s, got %s", informer.MinPeriod, o.defaultCooldown))
 	}
 	if o.queryTimeout <= 0 {
 		errs = append(errs, errors.New("--query-timeout must be positive"))

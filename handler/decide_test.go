@@ -151,8 +151,8 @@ func TestDecide(t *testing.T) {
 			wantVerb: doClear, wantFinish: true, wantStretch: noStretch},
 		{name: "6: released while running: nothing to do", replicas: 3, cfg: func(c *Config) { c.Mode = Released },
 			wantFinish: true, wantStretch: noStretch},
-		{name: "6: released at a person's zero: left alone", cfg: func(c *Config) { c.Mode = Released },
-			wantFinish: true, wantStretch: noStretch},
+		{name: "6, item 12: released at a person's zero (or at one whose marks were all removed while no replica ran): left alone",
+			cfg: func(c *Config) { c.Mode = Released }, wantFinish: true, wantStretch: noStretch},
 
 		// Office hours (issue 11): inside them a workload never sleeps, and
 		// one asleep is woken without asking the metric.
@@ -186,6 +186,20 @@ func TestDecide(t *testing.T) {
 		{name: "7: invalid while asleep: woken", original: "3", cfg: func(c *Config) { c.Mode = Invalid },
 			wantVerb: doWake, wantTarget: 3, wantCause: wakeByReleased, wantFinish: true,
 			wantEvent: "ScaledFromZero scaled 0 → 3: woke because its scaling configuration is invalid", wantStretch: noStretch},
+		{name: "7: invalid while running: nothing written, nothing asked", replicas: 3, cfg: func(c *Config) { c.Mode = Invalid },
+			wantFinish: true, wantStretch: noStretch},
+		{name: "7: invalid while running with marks: cleared", replicas: 3, original: "3", cfg: func(c *Config) { c.Mode = Invalid },
+			wantVerb: doClear, wantFinish: true, wantStretch: noStretch},
+		{name: "7: invalid at a person's zero: left alone", cfg: func(c *Config) { c.Mode = Invalid },
+			wantFinish: true, wantStretch: noStretch},
+
+		// 9. It tells you: each Event above carries the reading; a metric
+		// problem is told once when it starts (rule 3's rows), and its end
+		// is not a Warning.
+		{name: "9: readable again after an outage: no Warning", replicas: 3, stretch: noStretch, problem: "no_data",
+			metric: activeAt, wantAsked: []question{askMetric}, wantState: StateAwake, wantStretch: noStretch},
+		{name: "9: a different problem is told again", replicas: 3, stretch: noStretch, problem: "no_data",
+			metric: downAt, wantAsked: []question{askMetric}, wantState: StateAwake, wantWarn: ReasonMetricUnavailable, wantStretch: noStretch},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -388,6 +388,8 @@ type fakeProm struct {
 	buildErr error
 	deciders []*fakeDecider
 	calls    map[string]int
+	// onRead, if set, is called at each read of a query's value.
+	onRead func(query string)
 }
 
 func newFakeProm() *fakeProm {
@@ -451,7 +453,11 @@ func (d *fakeDecider) read(method string) reading {
 	d.prom.mu.Lock()
 	r := d.prom.answers[d.md.Query]
 	d.prom.calls[method]++
+	onRead := d.prom.onRead
 	d.prom.mu.Unlock()
+	if onRead != nil {
+		onRead(d.md.Query)
+	}
 	if r.err == nil {
 		d.mu.Lock()
 		d.last = scaler.Reading{Query: d.md.Query, Value: r.value, Threshold: d.md.Threshold}

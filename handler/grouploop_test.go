@@ -2,6 +2,7 @@ package handler
 
 import (
 	"errors"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -708,4 +709,77 @@ func TestGroupPhase(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readMoments runs loops (the number of loops parked on the clock) for
+// intervals polling periods in small steps, so that checks due at different
+// phases run at different moments of the clock, and returns how many times
+// q was read at each moment (the clock's time since start).
+func (hs *harness) readMoments(loops, intervals int) map[time.Duration]int {
+	hs.t.Helper()
+	var mu sync.Mutex
+	asked := map[time.Duration]int{}
+	hs.prom.mu.Lock()
+	hs.prom.onRead = func(string) {
+		mu.Lock()
+		defer mu.Unlock()
+		asked[hs.clock.Since(start)]++
+	}
+	hs.prom.mu.Unlock()
+	hs.run()
+	hs.parked(loops)
+	for range intervals * phaseSteps {
+		hs.clock.Step(period / phaseSteps)
+		hs.parked(loops)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return maps.Clone(asked)
+}
+
+// wantOneRequestPerInterval checks that two loops asking one question read
+// it once each per interval, both at the same moment: a scaler sharing
+// answers sends one request per interval for both.
+func wantOneRequestPerInterval(t *testing.T, asked map[time.Duration]int, intervals int) {
+	t.Helper()
+	reads := 0
+	for _, n := range asked {
+		reads += n
+	}
+	if reads != 2*intervals {
+		t.Fatalf("q read %d times in %d intervals by two loops, want %d: %v", reads, intervals, 2*intervals, asked)
+	}
+	if len(asked) != intervals {
+		t.Errorf("q read at %d moments in %d intervals (%v): the loops check at different phases, and a shared scaler would send %d requests, not %d",
+			len(asked), intervals, asked, len(asked), intervals)
+	}
+}
+
+// Two groups whose asking members ask the same question (the same query of
+// the same server) check at the same moments, so that a scaler sharing
+// answers sends one request per interval for both: the phase is that of the
+// first asking member's question, not of the group's key. In each group the
+// asking member sorts differently among its followers.
+func TestGroupsSharingAQuestionCheckTogether(t *testing.T) {
+	hs := newHarness(t, false, deployment("api", 2, nil), deployment("web", 3, nil), deployment("cart", 2, nil), deployment("db", 1, nil))
+	hs.h.Sync(follower("api"))
+	hs.h.Sync(managed("web", inShop))
+	inStore := func(c *Config) { c.Group = "store" }
+	hs.h.Sync(managed("cart", inStore))
+	hs.h.Sync(follower("db", inStore))
+	hs.prom.set("q", active)
+	wantOneRequestPerInterval(t, hs.readMoments(2, 3), 3)
+}
+
+// Item 14 of the hardening issue, one question key: a workload naming the
+// default server and one naming none ask the same question, as the scaler
+// says (its QuestionHash resolves the server; here the fake's hash is the
+// query's). Their loops are phased by that hash alone, not by the
+// configuration as written, so they check at the same moments.
+func TestDefaultServerNamedOrNotCheckTogether(t *testing.T) {
+	hs := newHarness(t, false, deployment("web", 3, nil), deployment("api", 2, nil))
+	hs.h.Sync(managed("web"))
+	hs.h.Sync(managed("api", func(c *Config) { c.Metadata.ServerAddress = "http://prometheus.monitoring:9090" }))
+	hs.prom.set("q", active)
+	wantOneRequestPerInterval(t, hs.readMoments(2, 3), 3)
 }

@@ -92,6 +92,77 @@ func TestRunStartsAndStopsLoops(t *testing.T) {
 	}
 }
 
+// scaleLocks counts the handler's scale locks.
+func (hs *harness) scaleLocks() int {
+	n := 0
+	hs.h.scaleLocks.Range(func(any, any) bool { n++; return true })
+	return n
+}
+
+// wantedCount counts the configurations the handler remembers.
+func (hs *harness) wantedCount() int {
+	hs.h.mu.Lock()
+	defer hs.h.mu.Unlock()
+	return len(hs.h.wanted)
+}
+
+// Item 14 of the hardening issue: once a lone workload is gone (forgotten,
+// or its loop finished by itself, as a released workload's does once
+// woken), neither its scale lock nor its configuration is kept.
+func TestGoneWorkloadsPruned(t *testing.T) {
+	t.Run("forgotten", func(t *testing.T) {
+		hs := newHarness(t, false, deployment("web", 3, nil))
+		hs.prom.set("q", active)
+		hs.h.Sync(managed("web"))
+		hs.run()
+		hs.tick(1)
+		if n := hs.scaleLocks(); n != 1 {
+			t.Fatalf("%d scale locks while the loop runs, want 1", n)
+		}
+		hs.h.Forget(ref("web"))
+		eventually(t, "the loop to end", func() bool { return hs.h.Running() == 0 })
+		eventually(t, "the scale lock to go", func() bool { return hs.scaleLocks() == 0 })
+		if n := hs.wantedCount(); n != 0 {
+			t.Errorf("%d configurations remembered, want none", n)
+		}
+	})
+	t.Run("released and woken", func(t *testing.T) {
+		hs := newHarness(t, false, deployment("web", 0, asleep("3")))
+		hs.h.Sync(Config{Ref: ref("web"), Mode: Released})
+		hs.run()
+		hs.parked(1)
+		hs.clock.Step(0) // the wake is due at once
+		hs.loopDone("web")
+		wantStrings(t, "writes", hs.world.takeWrites(), []string{wakeWrite("web", 3)})
+		eventually(t, "the scale lock to go", func() bool { return hs.scaleLocks() == 0 })
+		if n := hs.wantedCount(); n != 0 {
+			t.Errorf("%d configurations remembered after the released loop finished, want none", n)
+		}
+	})
+}
+
+// Run waits for its workers: once it returns, none is left idle. (A Run
+// that did not wait would return before its workers had left only in a
+// fair share of runs, not every time: the test runs ten.)
+func TestRunWaitsForItsWorkers(t *testing.T) {
+	for range 10 {
+		hs := newHarness(t, false, deployment("a", 3, nil), deployment("b", 3, nil))
+		hs.h.Sync(managed("a"))
+		hs.h.Sync(managed("b", func(c *Config) { c.Metadata.Query = "q2" }))
+		hs.prom.set("q", active)
+		hs.prom.set("q2", active)
+		stop := hs.run()
+		hs.tick(2)
+		if n := hs.h.idle.Load(); n == 0 {
+			t.Fatal("no idle worker after the checks: nothing to wait for")
+		}
+		stop()
+		if n := hs.h.idle.Load(); n != 0 {
+			t.Fatalf("%d workers still idle after Run returned", n)
+		}
+	}
+}
+
 // The workloads gauge counts each running loop once, by its state; the
 // replicas-asleep gauge, the sleeps and the wakes by cause follow the same
 // loop.

@@ -592,16 +592,21 @@ func TestScaledToZeroDuringSleepWrite(t *testing.T) {
 	hs.h.Sync(managed("web"))
 	stop := hs.run()
 	hs.ticks(3)
-	// The person's write lands just before the loop's.
+	// The person's write lands just before the loop's write that scales to
+	// zero: were the marks written apart from the zero, they would already
+	// be on the workload then.
 	var once bool
-	hs.world.dyn.PrependReactor("patch", "*", func(ktesting.Action) (bool, runtime.Object, error) {
-		if !once {
+	hs.world.dyn.PrependReactor("patch", "*", func(a ktesting.Action) (bool, runtime.Object, error) {
+		if !once && strings.Contains(string(a.(ktesting.PatchAction).GetPatch()), `"replicas":0`) {
 			once = true
 			hs.world.setReplicas(ref("web"), 0)
 		}
 		return false, nil, nil // on to the world's own reactor
 	})
 	hs.tick(1)
+	if !once {
+		t.Fatal("the loop never wrote a zero")
+	}
 	wantStrings(t, "writes at the sleep decision", hs.world.takeWrites(), nil)
 	if n := hs.world.conflictCount(); n != 1 {
 		t.Fatalf("conflicts = %d, want the sleep write to conflict once", n)

@@ -4,10 +4,16 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/util/flowcontrol"
 )
 
@@ -55,6 +61,95 @@ func TestNoWriteAfterTheLease(t *testing.T) {
 	hs.tick(1)
 	wantStrings(t, "writes once the lease is renewed", hs.world.takeWrites(),
 		[]string{"patch web replicas=0 original-replicas=3 scaled-to-zero-at=" + hs.stamp()})
+}
+
+// stalledAPI is an API server that stops answering patches while stalled:
+// a patch sent then is in flight until its context ends. Other calls, and
+// patches while it is not stalled, go through.
+type stalledAPI struct {
+	dynamic.Interface
+	stalled atomic.Bool
+	// inFlight receives the context of each patch that stalled.
+	inFlight chan context.Context
+}
+
+func (a *stalledAPI) Resource(gvr schema.GroupVersionResource) dynamic.NamespaceableResourceInterface {
+	return stalledResource{a.Interface.Resource(gvr), a}
+}
+
+type stalledResource struct {
+	dynamic.NamespaceableResourceInterface
+	api *stalledAPI
+}
+
+func (r stalledResource) Namespace(ns string) dynamic.ResourceInterface {
+	return stalledNamespaced{r.NamespaceableResourceInterface.Namespace(ns), r.api}
+}
+
+type stalledNamespaced struct {
+	dynamic.ResourceInterface
+	api *stalledAPI
+}
+
+func (n stalledNamespaced) Patch(ctx context.Context, name string, pt types.PatchType, data []byte, o metav1.PatchOptions, sub ...string) (*unstructured.Unstructured, error) {
+	if !n.api.stalled.Load() {
+		return n.ResourceInterface.Patch(ctx, name, pt, data, o, sub...)
+	}
+	n.api.inFlight <- ctx
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// Item 11 of the hardening issue, mid-sleep: the leader decides to put a
+// workload to sleep while it still holds the Lease, its renewals stop (the
+// Lease is taken away) and the sleep write hangs at the API server. The
+// write ends by the last renewal plus the renew deadline, not a write
+// timeout later; nothing is written or told, and no write starts after.
+func TestLeaseTakenAwayMidSleep(t *testing.T) {
+	hs := newHarness(t, false, deployment("web", 3, nil))
+	api := &stalledAPI{Interface: hs.world.dyn, inFlight: make(chan context.Context, 1)}
+	hs.h.kDynamicClient = api
+	l := &lease{}
+	l.set(time.Now().Add(time.Hour))
+	hs.h.writeDeadline = l.get
+	hs.prom.set("q", idle)
+	hs.h.Sync(managed("web"))
+	hs.run()
+	hs.ticks(3) // idle for 20s: cooling down
+
+	// The last renewal is now; none follows.
+	l.set(time.Now().Add(time.Second)) // ample for the check to reach its write
+	api.stalled.Store(true)
+	hs.parked(1)
+	hs.clock.Step(period) // the sleep decision; its write hangs
+	var ctx context.Context
+	select {
+	case ctx = <-api.inFlight:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no sleep write was sent while the lease held")
+	}
+	if deadline, ok := ctx.Deadline(); !ok || deadline.After(l.get()) {
+		t.Fatalf("the sleep write may run until %v (deadline set: %t), after the lease's end %v", deadline, ok, l.get())
+	}
+	hs.parked(1) // the write ended with the lease
+	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		t.Errorf("the stalled write ended with %v, want its deadline", ctx.Err())
+	}
+	wantStrings(t, "writes", hs.world.takeWrites(), nil)
+	for _, e := range hs.takeEvents() {
+		t.Errorf("told %q of a write that did not happen", e)
+	}
+
+	// The API server answers again, but the lease is gone: nothing starts.
+	api.stalled.Store(false)
+	before := hs.world.writeActions()
+	hs.ticks(3)
+	if n := hs.world.writeActions() - before; n != 0 {
+		t.Errorf("%d write requests after the lease ended, want none", n)
+	}
+	if w := hs.workload("web"); w.Replicas != 3 || len(w.Annotations) != 0 {
+		t.Errorf("workload = %d replicas, %v; want it untouched", w.Replicas, w.Annotations)
+	}
 }
 
 // blockingLimiter lets a write go only when released, or fails once its

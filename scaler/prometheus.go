@@ -37,7 +37,9 @@ type Metadata = prometheusMetadata
 // httpClient, cooldownPeriod, defaultServerAddress and defaultHeaders are
 // the fields of the seed's shape (scaling-module.md); they are kept so that
 // the type reads as documented, while the requests themselves go through
-// servers, which owns the clients and shares answers.
+// servers, which owns the clients and shares answers. Of them, httpClient
+// and defaultServerAddress are set and never read: they are there for the
+// seed's shape alone.
 type prometheusScaler struct {
 	httpClient           *http.Client
 	metadata             *prometheusMetadata
