@@ -47,10 +47,8 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	}
 	restConfig.QPS, restConfig.Burst = o.kubeAPIQPS, o.kubeAPIBurst
 	restConfig.UserAgent = "zeroscaler/" + version
-	// Writes to workloads wait for their own limiter, in the handler, before
-	// their timeout starts: a herd of sleeps queues there instead of timing
-	// out inside the client. Their client does not limit them again.
-	writeLimiter := flowcontrol.NewTokenBucketRateLimiter(o.kubeAPIQPS, o.kubeAPIBurst)
+	// Writes to workloads wait for their own limiter, in the handler (see
+	// boundWrites): their client does not limit them again.
 	writeConfig := rest.CopyConfig(restConfig)
 	writeConfig.RateLimiter = flowcontrol.NewFakeAlwaysRateLimiter()
 
@@ -97,14 +95,12 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		},
 	})
 	var lock *renewals
-	var writeDeadline func() time.Time
 	if o.leaderElect {
 		if lock, err = newRenewals(o, client); err != nil {
 			return err
 		}
-		writeDeadline = func() time.Time { return lock.deadline(o.renewDeadline) }
 	}
-	h := handler.New(handler.Options{
+	h := handler.New(boundWrites(o, lock, handler.Options{
 		DynamicClient:  dynamicClient,
 		ScaleClient:    scaleClient,
 		RESTMapper:     mapper,
@@ -114,12 +110,10 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 		WatchNamespace: o.watchNamespace,
 		DryRun:         o.dryRun,
 		Metrics:        metrics,
-		WriteDeadline:  writeDeadline,
-		WriteLimiter:   writeLimiter,
 		NewDecider: func(c handler.Config) (handler.Decider, error) {
 			return scaler.New(servers, c.Metadata, c.CooldownPeriod)
 		},
-	})
+	}))
 	if err := inf.WatchNamespaces(ctx); err != nil {
 		log.Warn("Namespace annotations are ignored: " + err.Error())
 	}
@@ -162,6 +156,20 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 
 // newMetrics registers everything /metrics serves with reg: the daemon's
 // own metrics, and the Go and process collectors.
+// boundWrites sets what bounds the handler's writes to workloads. Each
+// waits for the client-side rate limiter of --kube-api-qps and -burst
+// before its timeout starts, so that a herd of sleeps queues instead of
+// timing out. Under leader election (lock not nil), none starts, and none
+// is still running, after the last successful renewal of the Lease plus
+// --leader-election-renew-deadline.
+func boundWrites(o *options, lock *renewals, ho handler.Options) handler.Options {
+	ho.WriteLimiter = flowcontrol.NewTokenBucketRateLimiter(o.kubeAPIQPS, o.kubeAPIBurst)
+	if lock != nil {
+		ho.WriteDeadline = func() time.Time { return lock.deadline(o.renewDeadline) }
+	}
+	return ho
+}
+
 func newMetrics(reg prometheus.Registerer) *handler.Metrics {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return handler.NewMetrics(reg)

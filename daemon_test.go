@@ -18,6 +18,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/utils/ptr"
+
+	"github.com/zeroscaler/zeroscaler/handler"
 )
 
 const (
@@ -287,5 +289,36 @@ func TestWritesEndBeforeAStandbyLeads(t *testing.T) {
 	last := ours.deadline(renewDeadline)
 	if !last.Before(standbyLed) {
 		t.Errorf("writes allowed until %v, after the standby began leading at %v", last.Format(time.StampMilli), standbyLed.Format(time.StampMilli))
+	}
+}
+
+// boundWrites is what ties the handler's writes to the Lease and to the
+// client-side limiter (issues 9 item 11 and 13 item 2): under leader
+// election the handler's deadline is the last renewal plus the renew
+// deadline, and without it there is none.
+func TestBoundWrites(t *testing.T) {
+	o := &options{kubeAPIQPS: 7, kubeAPIBurst: 9, renewDeadline: 10 * time.Second}
+	lock := &renewals{}
+
+	ho := boundWrites(o, lock, handler.Options{})
+	if ho.WriteLimiter == nil || ho.WriteLimiter.QPS() != 7 {
+		t.Fatalf("write limiter = %v, want one at --kube-api-qps 7", ho.WriteLimiter)
+	}
+	if ho.WriteDeadline == nil {
+		t.Fatal("no write deadline under leader election")
+	}
+	if d := ho.WriteDeadline(); !d.IsZero() {
+		t.Errorf("deadline before the first renewal = %v, want the zero time (no write may start)", d)
+	}
+	sent := time.Now().Add(-3 * time.Second)
+	lock.mu.Lock()
+	lock.sent = sent
+	lock.mu.Unlock()
+	if got, want := ho.WriteDeadline(), sent.Add(o.renewDeadline); !got.Equal(want) {
+		t.Errorf("deadline = %v, want the last renewal plus the renew deadline, %v", got, want)
+	}
+
+	if ho := boundWrites(o, nil, handler.Options{}); ho.WriteDeadline != nil {
+		t.Error("a write deadline without leader election")
 	}
 }
