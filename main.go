@@ -86,9 +86,19 @@ func prepare(args []string, stdout, stderr io.Writer) (*options, *scaler.Servers
 }
 
 func newLogger(level, format string) (*zap.Logger, error) {
+	cfg, err := loggerConfig(level, format)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Build()
+}
+
+// loggerConfig is the configuration of the daemon's logger, writing to
+// stderr.
+func loggerConfig(level, format string) (zap.Config, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return zap.Config{}, fmt.Errorf("--log-level: %w", err)
 	}
 	cfg := zap.NewProductionConfig()
 	if format == "console" {
@@ -100,5 +110,5 @@ func newLogger(level, format string) (*zap.Logger, error) {
 	// An error is one line: the ones expected in operation (a timeout, a
 	// conflict) are no bugs, and a stack trace would not help with them.
 	cfg.DisableStacktrace = true
-	return cfg.Build()
+	return cfg, nil
 }
