@@ -90,9 +90,19 @@ func prepare(args []string, stdout, stderr io.Writer) (*options, *scaler.Servers
 
 // newLogger builds the daemon's logger; tests pass options to observe it.
 func newLogger(level, format string, opts ...zap.Option) (*zap.Logger, error) {
+	cfg, err := loggerConfig(level, format)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Build(opts...)
+}
+
+// loggerConfig is the configuration of the daemon's logger, writing to
+// stderr.
+func loggerConfig(level, format string) (zap.Config, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return zap.Config{}, fmt.Errorf("--log-level: %w", err)
 	}
 	cfg := zap.NewProductionConfig()
 	if format == "console" {
@@ -104,7 +114,7 @@ func newLogger(level, format string, opts ...zap.Option) (*zap.Logger, error) {
 	// An error is one line: the ones expected in operation (a timeout, a
 	// conflict) are no bugs, and a stack trace would not help with them.
 	cfg.DisableStacktrace = true
-	return cfg.Build(opts...)
+	return cfg, nil
 }
 
 // routeKlog sends what client-go logs (the event broadcaster, leader

@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/klog/v2"
 )
 
@@ -177,5 +181,42 @@ func TestClientGoLogsThroughZap(t *testing.T) {
 	}
 	if got := e.ContextMap()["reason"]; got != "ScaledFromZero" {
 		t.Errorf("reason = %v, want the key-value pair klog was given", got)
+	}
+}
+
+// Issue 13, item 2: the errors expected in operation, a conflict and a
+// timeout, are one log line each, without a stack trace, in either format
+// and at any level the daemon logs them at.
+func TestLogLinesCarryNoStackTrace(t *testing.T) {
+	conflict := apierrors.NewConflict(schema.GroupResource{Group: "apps", Resource: "deployments"}, "web", errors.New("the object has been modified"))
+	timeout := fmt.Errorf("patch shop/web: %w", context.DeadlineExceeded)
+	for _, format := range []string{"json", "console"} {
+		t.Run(format, func(t *testing.T) {
+			cfg, err := loggerConfig("debug", format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), "log")
+			cfg.OutputPaths, cfg.ErrorOutputPaths = []string{path}, []string{path}
+			log, err := cfg.Build()
+			if err != nil {
+				t.Fatal(err)
+			}
+			log.Debug("workload changed while deciding", zap.Error(conflict))
+			log.Warn("write failed", zap.Error(timeout))
+			log.Error("write failed", zap.Error(conflict))
+			log.Error("zeroscaler stopped", zap.Error(timeout))
+			if err := log.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			out, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+			if len(lines) != 4 || strings.Contains(string(out), "stacktrace") || strings.Contains(string(out), "main.TestLogLinesCarryNoStackTrace") {
+				t.Errorf("want 4 lines without a stack trace, got %d:\n%s", len(lines), out)
+			}
+		})
 	}
 }

@@ -341,3 +341,26 @@ func TestDecideNeverEarly(t *testing.T) {
 		})
 	}
 }
+
+// Issue 13, item 1: a query that cannot be confirmed over the window (a
+// scalar, a server refusing the subquery) falls back to the daemon's own
+// stretch, and says so once per loop, not at every sleep decision.
+func TestDecideCannotConfirmToldOnce(t *testing.T) {
+	cfg := managed("web")
+	idle := &answer{yes: true, reading: scaler.Reading{Query: "q", Value: 0, Threshold: 1}}
+	cannot := &answer{err: fmt.Errorf("confirmation query: %w", scaler.ErrCannotConfirm)}
+	m := newMemory()
+	for i, want := range []bool{true, false, false} {
+		now := start.Add(time.Duration(i) * time.Hour)
+		m.idleSince, m.replicas = now.Add(-cooldown), 3
+		f := facts{now: now, w: Workload{Ref: cfg.Ref, ResourceVersion: "1", Replicas: 3}, metric: idle, health: &answer{yes: true}, confirm: cannot}
+		var a action
+		a, m = decide(cfg, f, m)
+		if a.verb != doSleep {
+			t.Fatalf("decision %d: verb %d, want a sleep on the daemon's own stretch", i+1, a.verb)
+		}
+		if told := strings.Contains(a.log, "cannot confirm"); told != want {
+			t.Errorf("decision %d: log %q; want the fallback told %t", i+1, a.log, want)
+		}
+	}
+}
