@@ -107,6 +107,9 @@ func loggerConfig(level, format string) (zap.Config, error) {
 	cfg := zap.NewProductionConfig()
 	if format == "console" {
 		cfg = zap.NewDevelopmentConfig()
+		// Development mode panics on a malformed log call (zap's DPanic),
+		// which zapr makes of any odd klog call inside client-go.
+		cfg.Development = false
 	}
 	cfg.Level = zap.NewAtomicLevelAt(lvl)
 	cfg.EncoderConfig.TimeKey = "time"
@@ -120,8 +123,8 @@ func loggerConfig(level, format string) (zap.Config, error) {
 // routeKlog sends what client-go logs (the event broadcaster, leader
 // election, the reflectors) through log, so that the daemon's output is one
 // format a log pipeline can parse, with the same level and no stack traces.
-// klog's verbose levels map to zap's debug and below, so they show only at
-// --log-level debug.
+// client-go's verbose lines (klog.V(1) and up) are dropped by klog itself,
+// whose -v the daemon leaves at 0, whatever --log-level is.
 func routeKlog(log *zap.Logger) {
 	klog.SetLogger(zapr.NewLogger(log.Named("client-go")))
 }

@@ -151,13 +151,17 @@ func writeTestFile(t *testing.T, dir, name, content string) string {
 
 // TestClientGoLogsThroughZap: what client-go logs through klog (an Event the
 // API server refused, a reflector's error) reaches the daemon's logger as
-// one structured line at its level, without a stack trace, and klog's
-// verbose lines stay below info.
+// one structured line at its level, without a stack trace, also in the
+// console format (whose development mode would panic on a malformed call).
 func TestClientGoLogsThroughZap(t *testing.T) {
+	for _, format := range []string{"json", "console"} {
+		t.Run(format, func(t *testing.T) { testClientGoLogsThroughZap(t, format) })
+	}
+}
+
+func testClientGoLogsThroughZap(t *testing.T, format string) {
 	core, logs := observer.New(zapcore.InfoLevel)
-	log, err := newLogger("info", "json", zap.WrapCore(func(c zapcore.Core) zapcore.Core {
-		return zapcore.NewTee(core, c) // the observer beside the daemon's own output
-	}))
+	log, err := newLogger("info", format, zap.WrapCore(func(zapcore.Core) zapcore.Core { return core }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,14 +169,17 @@ func TestClientGoLogsThroughZap(t *testing.T) {
 	t.Cleanup(klog.ClearLogger)
 
 	klog.ErrorS(errors.New("context deadline exceeded"), "Server rejected event (will not retry!)", "reason", "ScaledFromZero")
-	klog.V(1).InfoS("Got a Retry-After response", "delay", "1s")
+	klog.InfoS("odd key-value pairs", "reason") // zapr calls DPanic on this
 	klog.Flush()
 
-	all := logs.All()
-	if len(all) != 1 {
-		t.Fatalf("got %d log entries, want the error only: %+v", len(all), all)
+	refused := logs.FilterMessage("Server rejected event (will not retry!)").All()
+	if len(refused) != 1 {
+		t.Fatalf("got %d entries for the refused Event, want 1: %+v", len(refused), logs.All())
 	}
-	e := all[0]
+	if logs.FilterMessage("odd key-value pairs").Len() != 1 {
+		t.Errorf("the malformed klog line was lost: %+v", logs.All())
+	}
+	e := refused[0]
 	if e.Level != zapcore.ErrorLevel || e.LoggerName != "client-go" || e.Message != "Server rejected event (will not retry!)" {
 		t.Errorf("entry = level %s, logger %q, message %q; want error, client-go, the klog message", e.Level, e.LoggerName, e.Message)
 	}
