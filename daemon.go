@@ -154,8 +154,6 @@ func run(ctx context.Context, o *options, log *zap.Logger) error {
 	return lead(ctx, o, lock, log, metrics, h.Run)
 }
 
-// newMetrics registers everything /metrics serves with reg: the daemon's
-// own metrics, and the Go and process collectors.
 // boundWrites sets what bounds the handler's writes to workloads. Each
 // waits for the client-side rate limiter of --kube-api-qps and -burst
 // before its timeout starts, so that a herd of sleeps queues instead of
@@ -170,6 +168,8 @@ func boundWrites(o *options, lock *renewals, ho handler.Options) handler.Options
 	return ho
 }
 
+// newMetrics registers everything /metrics serves with reg: the daemon's
+// own metrics, and the Go and process collectors.
 func newMetrics(reg prometheus.Registerer) *handler.Metrics {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return handler.NewMetrics(reg)

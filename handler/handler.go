@@ -308,6 +308,9 @@ func (h *ScaleHandler) startLocked(cfg Config) {
 // configuration, its scale lock goes too. It takes the loop's state, not a
 // copy of its configuration: a deferred call keeps its arguments in the
 // goroutine's frame, and a Config there would double every loop's stack.
+// st.cfg is the configuration the loop was started with, except when its
+// scaler could not be built (newLoopState marks it Invalid); such a loop
+// never ends by itself, so the comparison below never sees that change.
 func (h *ScaleHandler) loopEnded(key string, r *running, st *loopState) {
 	byItself := r.ctx.Err() == nil
 	r.cancel()
