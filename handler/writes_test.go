@@ -21,15 +21,36 @@ import (
 type lease struct {
 	mu       sync.Mutex
 	deadline time.Time
+	// ahead, if set, makes each get answer ahead from its own moment (a
+	// renewal just now, whenever asked), and remember that answer in
+	// deadline.
+	ahead time.Duration
 }
 
 func (l *lease) set(d time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.deadline = d
+	l.deadline, l.ahead = d, 0
+}
+
+// renewedAtEachAsk makes the lease end ahead after each time it is asked.
+func (l *lease) renewedAtEachAsk(ahead time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ahead = ahead
 }
 
 func (l *lease) get() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ahead > 0 {
+		l.deadline = time.Now().Add(l.ahead)
+	}
+	return l.deadline
+}
+
+// last is the last answer get gave.
+func (l *lease) last() time.Time {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.deadline
@@ -95,7 +116,11 @@ func (n stalledNamespaced) Patch(ctx context.Context, name string, pt types.Patc
 	if !n.api.stalled.Load() {
 		return n.ResourceInterface.Patch(ctx, name, pt, data, o, sub...)
 	}
-	n.api.inFlight <- ctx
+	select {
+	case n.api.inFlight <- ctx:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 	<-ctx.Done()
 	return nil, ctx.Err()
 }
@@ -117,8 +142,10 @@ func TestLeaseTakenAwayMidSleep(t *testing.T) {
 	hs.run()
 	hs.ticks(3) // idle for 20s: cooling down
 
-	// The last renewal is now; none follows.
-	l.set(time.Now().Add(time.Second)) // ample for the check to reach its write
+	// As far as the write can tell when it asks, the lease was just renewed
+	// and holds 2s more; no renewal follows. (The deadline is taken when
+	// the write asks, so a slow machine cannot make it lapse before.)
+	l.renewedAtEachAsk(2 * time.Second)
 	api.stalled.Store(true)
 	hs.parked(1)
 	hs.clock.Step(period) // the sleep decision; its write hangs
@@ -128,8 +155,10 @@ func TestLeaseTakenAwayMidSleep(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no sleep write was sent while the lease held")
 	}
-	if deadline, ok := ctx.Deadline(); !ok || deadline.After(l.get()) {
-		t.Fatalf("the sleep write may run until %v (deadline set: %t), after the lease's end %v", deadline, ok, l.get())
+	end := l.last()
+	l.set(end) // no renewal after the one the write was given
+	if deadline, ok := ctx.Deadline(); !ok || deadline.After(end) {
+		t.Fatalf("the sleep write may run until %v (deadline set: %t), after the lease's end %v", deadline, ok, end)
 	}
 	hs.parked(1) // the write ended with the lease
 	if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
