@@ -40,9 +40,7 @@ func main() {
 	}
 	defer log.Sync() //nolint:errcheck // nothing to do if stderr is gone
 	routeKlog(log)
-	// The allow-list goes to the log only: Events, which namespace users
-	// read, say that a server is not allowed but not which ones are.
-	log.Info("prometheus servers", zap.String("default", servers.DefaultAddress()), zap.Strings("allowed", servers.Addresses()))
+	logServers(log, servers)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -118,6 +116,14 @@ func loggerConfig(level, format string) (zap.Config, error) {
 	// conflict) are no bugs, and a stack trace would not help with them.
 	cfg.DisableStacktrace = true
 	return cfg, nil
+}
+
+// logServers tells the operator, once at start, which Prometheus servers
+// workloads may ask. The allow-list goes to the log only: Events, which
+// namespace users read, say that a server is not allowed but not which ones
+// are.
+func logServers(log *zap.Logger, servers *scaler.Servers) {
+	log.Info("prometheus servers", zap.String("default", servers.DefaultAddress()), zap.Strings("allowed", servers.Addresses()))
 }
 
 // routeKlog sends what client-go logs (the event broadcaster, leader

@@ -227,3 +227,32 @@ func TestLogLinesCarryNoStackTrace(t *testing.T) {
 		})
 	}
 }
+
+// The allowed servers are in the daemon's log, once at start (issue 9 item
+// 4: Events never list them, so the operator reads them here).
+func TestServersLoggedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	kubeconfig := writeTestFile(t, dir, "kubeconfig", testKubeconfig)
+	var stdout, stderr bytes.Buffer
+	_, servers, code := prepare([]string{"--kubeconfig", kubeconfig, "--prometheus-address", "http://prom.example:9090",
+		"--allowed-server-address", "https://thanos.example/query"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("prepare: %s", stderr.String())
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	logServers(zap.New(core), servers)
+	lines := logs.FilterMessage("prometheus servers").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d lines naming the servers, want 1: %+v", len(lines), logs.All())
+	}
+	fields := lines[0].ContextMap()
+	if got := fields["default"]; got != "http://prom.example:9090" {
+		t.Errorf("default = %v, want http://prom.example:9090", got)
+	}
+	allowed := fmt.Sprint(fields["allowed"])
+	for _, want := range []string{"http://prom.example:9090", "https://thanos.example/query"} {
+		if !strings.Contains(allowed, want) {
+			t.Errorf("allowed = %s, want it to list %s", allowed, want)
+		}
+	}
+}
