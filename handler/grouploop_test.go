@@ -321,11 +321,7 @@ func TestGroupMemberLeaves(t *testing.T) {
 		}
 		eventually(t, "the group's loop to end", func() bool { return hs.groups() == 0 && hs.h.Running() == 0 })
 		hs.wantStates("with no group", nil)
-		eventually(t, "the scale locks to go", func() bool {
-			n := 0
-			hs.h.scaleLocks.Range(func(any, any) bool { n++; return true })
-			return n == 0
-		})
+		eventually(t, "the scale locks to go", func() bool { return hs.scaleLocks() == 0 })
 	})
 }
 
